@@ -1,0 +1,214 @@
+"""SQLAlchemyCache: the LangChain ``BaseCache`` on top of the two executors."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
+from sqlalchemy import URL, Engine, MetaData, Row
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from . import _statements as sql
+from ._async_io import AsyncExecutor
+from ._codec import decode_generations, encode_generations, encode_text, validate_generations
+from ._engines import EnginePair, resolve_engines
+from ._errors import ConfigurationError
+from ._keys import cache_key
+from ._schema import DEFAULT_TABLE_NAME, cache_table
+from ._sync_io import SyncExecutor
+from ._table import TableReadiness
+
+
+def _check_text(name: str, value: object) -> str:
+    if not isinstance(value, str):
+        msg = f"{name} must be a str, got {type(value).__name__}"
+        raise TypeError(msg)
+    return value
+
+
+def _check_clear_kwargs(kwargs: dict[str, Any]) -> None:
+    if kwargs:
+        msg = f"clear() got unexpected keyword arguments: {', '.join(sorted(kwargs))}"
+        raise TypeError(msg)
+
+
+def _first_payload(rows: Sequence[Row[Any]]) -> RETURN_VAL_TYPE | None:
+    return decode_generations(rows[0].payload) if rows else None
+
+
+class SQLAlchemyCache(BaseCache):
+    """LLM response cache in a SQL table, with native-async and sync methods.
+
+    ``alookup``/``aupdate``/``aclear`` run on an ``AsyncEngine`` (asyncpg, aiosqlite):
+    no thread hop per call. ``lookup``/``update``/``clear`` run the same statements on
+    a paired sync ``Engine`` (psycopg, sqlite3), so they also work from inside a
+    running event loop.
+
+    Entries are keyed by a SHA-256 of (llm_string, prompt), so prompts of any length
+    work on every backend, and an update replaces the whole entry in one upsert.
+
+    Example:
+        .. code-block:: python
+
+            from langchain_core.globals import set_llm_cache
+            from langchain_sqlalchemy_cache import SQLAlchemyCache
+
+            set_llm_cache(SQLAlchemyCache("postgresql://user@localhost/app"))
+    """
+
+    def __init__(
+        self,
+        engine: str | URL | AsyncEngine | Engine,
+        *,
+        sync_engine: Engine | None = None,
+        table_name: str = DEFAULT_TABLE_NAME,
+        schema: str | None = None,
+        create_table: bool = True,
+    ) -> None:
+        """Open a cache on a database.
+
+        Args:
+            engine: A database URL (async or sync driver, or a bare ``postgresql://``
+                or ``sqlite:///`` URL), an ``AsyncEngine``, or a sync ``Engine``. The
+                engine of the other kind is derived from it (asyncpg <-> psycopg,
+                aiosqlite <-> sqlite3) unless ``sync_engine`` is given.
+            sync_engine: The sync ``Engine`` paired with an ``AsyncEngine`` passed as
+                ``engine``; it must point at the same database.
+            table_name: Name of the cache table.
+            schema: Database schema of the table (PostgreSQL), or None for the default.
+            create_table: Create the table (if missing) before first use. Pass False
+                when the table is managed by your own migrations.
+
+        Raises:
+            ConfigurationError: The engines or URL cannot be used or paired; the
+                message says what to pass instead.
+        """
+        if not isinstance(table_name, str) or not table_name.strip():
+            msg = f"table_name must be a non-empty str, got {table_name!r}"
+            raise ConfigurationError(msg)
+        if schema is not None and (not isinstance(schema, str) or not schema.strip()):
+            msg = f"schema must be a non-empty str or None, got {schema!r}"
+            raise ConfigurationError(msg)
+        self._engines: EnginePair = resolve_engines(engine, sync_engine)
+        self._dialect = self._engines.dialect_name
+        self._table = cache_table(MetaData(), table_name, schema)
+        readiness = TableReadiness(create=create_table)
+        self._async = AsyncExecutor(self._engines.async_engine, self._table, readiness)
+        self._sync = SyncExecutor(self._engines.sync_engine, self._table, readiness)
+
+    @property
+    def async_engine(self) -> AsyncEngine:
+        """The engine the async methods run on."""
+        return self._engines.async_engine
+
+    @property
+    def sync_engine(self) -> Engine:
+        """The engine the sync methods run on."""
+        return self._engines.sync_engine
+
+    # Statement building: pure, shared by both sides.
+
+    def _lookup_statement(self, prompt: str, llm_string: str) -> Any:
+        key = cache_key(_check_text("prompt", prompt), _check_text("llm_string", llm_string))
+        return sql.select_payloads(self._table, [key])
+
+    def _update_statement(self, prompt: str, llm_string: str, return_val: object) -> Any:
+        key = cache_key(_check_text("prompt", prompt), _check_text("llm_string", llm_string))
+        payload = encode_generations(validate_generations(return_val))
+        row = sql.entry_row(
+            key, encode_text(prompt), encode_text(llm_string), payload, time.time()
+        )
+        return sql.upsert(self._table, self._dialect, [row])
+
+    # Sync facade.
+
+    def lookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
+        """Return the cached generations for (prompt, llm_string), or None on a miss.
+
+        A hit is always a ``list``, as LangChain requires.
+        """
+        return _first_payload(self._sync.fetch(self._lookup_statement(prompt, llm_string)))
+
+    def update(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
+        """Store ``return_val``, replacing any entry for (prompt, llm_string) entirely.
+
+        Raises:
+            TypeError: ``return_val`` is not a sequence of ``Generation`` objects.
+        """
+        self._sync.execute(self._update_statement(prompt, llm_string, return_val))
+
+    def clear(self, **kwargs: Any) -> None:
+        """Delete every entry of this cache's table."""
+        _check_clear_kwargs(kwargs)
+        self._sync.execute(sql.delete_all(self._table))
+
+    # Async core.
+
+    async def alookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
+        """Async ``lookup``, on the AsyncEngine."""
+        statement = self._lookup_statement(prompt, llm_string)
+        return _first_payload(await self._async.fetch(statement))
+
+    async def aupdate(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
+        """Async ``update``, on the AsyncEngine.
+
+        Raises:
+            TypeError: ``return_val`` is not a sequence of ``Generation`` objects.
+        """
+        await self._async.execute(self._update_statement(prompt, llm_string, return_val))
+
+    async def aclear(self, **kwargs: Any) -> None:
+        """Async ``clear``, on the AsyncEngine."""
+        _check_clear_kwargs(kwargs)
+        await self._async.execute(sql.delete_all(self._table))
+
+    # Lifecycle: only engines the cache created are disposed of.
+
+    def close(self) -> None:
+        """Dispose of the engines this cache created (engines passed in are left alone).
+
+        Async connections cannot be closed politely without an event loop, so their
+        pool is dropped; prefer ``aclose()`` in async code.
+        """
+        for engine in self._engines.owned:
+            if isinstance(engine, AsyncEngine):
+                engine.sync_engine.dispose(close=False)
+            else:
+                engine.dispose()
+
+    async def aclose(self) -> None:
+        """Dispose of the engines this cache created, closing async connections politely."""
+        for engine in self._engines.owned:
+            if isinstance(engine, AsyncEngine):
+                await engine.dispose()
+            else:
+                engine.dispose()
+
+    def __enter__(self) -> SQLAlchemyCache:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> SQLAlchemyCache:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        url = self._engines.sync_engine.url.render_as_string(hide_password=True)
+        return f"{type(self).__name__}({url!r}, table_name={self._table.name!r})"

@@ -1,0 +1,226 @@
+"""Turning what the caller passed into a paired (AsyncEngine, Engine) on one database.
+
+The async core and the sync facade must see the same data, so both engines point at
+the same database, and an engine the caller did not give is derived from the other
+one's URL by swapping the driver for its twin.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from sqlalchemy import URL, Engine, create_engine, event, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from ._errors import ConfigurationError
+from ._statements import check_dialect
+
+# (backend, async driver) <-> (backend, sync driver). The first driver listed for a
+# backend is the one a bare URL such as ``postgresql://`` gets.
+_ASYNC_DRIVERS = {
+    "postgresql": ("asyncpg", "psycopg_async"),
+    "sqlite": ("aiosqlite",),
+}
+_SYNC_DRIVERS = {
+    "postgresql": ("psycopg", "psycopg2", "pg8000"),
+    "sqlite": ("pysqlite",),
+}
+_SYNC_TWIN = {"asyncpg": "psycopg", "psycopg_async": "psycopg", "aiosqlite": "pysqlite"}
+_ASYNC_TWIN = {"psycopg": "asyncpg", "psycopg2": "asyncpg", "pg8000": "asyncpg", "pysqlite": "aiosqlite"}
+
+_E = TypeVar("_E", AsyncEngine, Engine)
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+_IN_MEMORY_HELP = (
+    "an in-memory SQLite database belongs to one connection, so the async core and the "
+    "sync facade would each see a different, private cache (and one connection shared "
+    "by coroutines loses writes on rollback); use a file, e.g. "
+    "SQLiteCache(database_path='.langchain.db') or a temporary file, or "
+    "langchain_core.caches.InMemoryCache for a process-local cache"
+)
+
+
+@dataclass
+class EnginePair:
+    """The two engines the cache runs on, with the ones it must dispose of itself."""
+
+    async_engine: AsyncEngine
+    sync_engine: Engine
+    owned: list[AsyncEngine | Engine] = field(default_factory=list)
+
+    @property
+    def dialect_name(self) -> str:
+        """The database's dialect name, e.g. ``"postgresql"``."""
+        return self.sync_engine.dialect.name
+
+
+def _parse(url: str | URL) -> URL:
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        msg = f"cannot parse the database URL {url!r}: {exc}"
+        raise ConfigurationError(msg) from exc
+    if parsed.get_backend_name() == "postgres":
+        # Heroku-style URLs; SQLAlchemy only knows the long name.
+        parsed = parsed.set(drivername="postgresql" + parsed.drivername[len("postgres") :])
+    return parsed
+
+
+def _split(url: URL) -> tuple[str, str | None]:
+    backend = url.get_backend_name()
+    driver = url.drivername.partition("+")[2] or None
+    return backend, driver
+
+
+def _unsupported(url: URL) -> ConfigurationError:
+    return ConfigurationError(
+        f"cannot pair a driver for {url.drivername!r}: pass a URL with one of "
+        + ", ".join(
+            f"{backend}+{driver}"
+            for backend in _ASYNC_DRIVERS
+            for driver in _ASYNC_DRIVERS[backend] + _SYNC_DRIVERS[backend]
+        )
+        + " (or a bare postgresql:// or sqlite:/// URL), or pass both engines: "
+        "SQLAlchemyCache(async_engine, sync_engine=engine)"
+    )
+
+
+def _twin_urls(url: URL) -> tuple[URL, URL]:
+    """Return (async URL, sync URL) for ``url``, whichever kind it is."""
+    backend, driver = _split(url)
+    check_dialect(backend)
+    if backend not in _ASYNC_DRIVERS:
+        raise _unsupported(url)
+    if driver is None:
+        async_driver, sync_driver = _ASYNC_DRIVERS[backend][0], _SYNC_DRIVERS[backend][0]
+    elif driver in _SYNC_TWIN:
+        async_driver, sync_driver = driver, _SYNC_TWIN[driver]
+    elif driver in _ASYNC_TWIN:
+        async_driver, sync_driver = _ASYNC_TWIN[driver], driver
+    else:
+        raise _unsupported(url)
+    return (
+        url.set(drivername=f"{backend}+{async_driver}"),
+        url.set(drivername=f"{backend}+{sync_driver}"),
+    )
+
+
+def _is_in_memory_sqlite(url: URL) -> bool:
+    if url.get_backend_name() != "sqlite":
+        return False
+    database = url.database or ""
+    return database in ("", ":memory:") or "mode=memory" in database or (
+        url.query.get("mode") == "memory"
+    )
+
+
+def _same_database(a: URL, b: URL) -> bool:
+    def where(url: URL) -> tuple[Any, ...]:
+        return (url.get_backend_name(), url.host, url.port, url.database, url.username)
+
+    return where(a) == where(b)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets readers run beside the writer; the busy timeout makes a writer wait
+    # for the lock instead of failing at once with "database is locked".
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def _create(url: URL, factory: Callable[..., _E]) -> _E:
+    # AUTOCOMMIT: every cache statement is a single atomic statement, so the
+    # BEGIN/COMMIT round trips around it would buy nothing.
+    try:
+        engine = factory(url, isolation_level="AUTOCOMMIT")
+    except (ImportError, NoSuchModuleError) as exc:
+        driver = url.drivername.partition("+")[2]
+        msg = (
+            f"the {driver!r} driver for {url.drivername!r} is not installed: "
+            "pip install 'langchain-sqlalchemy-cache[postgres]' (asyncpg and psycopg) "
+            f"or install {driver} yourself ({exc})"
+        )
+        raise ConfigurationError(msg) from exc
+    if url.get_backend_name() == "sqlite":
+        sync_side = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+        event.listen(sync_side, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _autocommit_async(engine: AsyncEngine) -> AsyncEngine:
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
+def _autocommit_sync(engine: Engine) -> Engine:
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
+def resolve_engines(
+    engine: str | URL | AsyncEngine | Engine, sync_engine: Engine | None
+) -> EnginePair:
+    """Build the engine pair for what the caller passed, validating it."""
+    if sync_engine is not None and not isinstance(sync_engine, Engine):
+        msg = (
+            f"sync_engine must be a sqlalchemy.Engine on a sync driver, got "
+            f"{type(sync_engine).__name__}"
+        )
+        raise ConfigurationError(msg)
+
+    if isinstance(engine, AsyncEngine):
+        given_url = engine.url
+    elif isinstance(engine, Engine):
+        if sync_engine is not None:
+            msg = (
+                "engine is a sync Engine and sync_engine is given too: pass the AsyncEngine "
+                "first, SQLAlchemyCache(async_engine, sync_engine=engine)"
+            )
+            raise ConfigurationError(msg)
+        given_url = engine.url
+    elif isinstance(engine, (str, URL)):
+        given_url = _parse(engine)
+    else:
+        msg = (
+            "engine must be a database URL, a sqlalchemy AsyncEngine or a sqlalchemy "
+            f"Engine, got {type(engine).__name__}"
+        )
+        raise ConfigurationError(msg)
+
+    if _is_in_memory_sqlite(given_url):
+        raise ConfigurationError(f"{given_url.render_as_string()}: {_IN_MEMORY_HELP}")
+    check_dialect(given_url.get_backend_name())
+    if sync_engine is not None:
+        check_dialect(sync_engine.dialect.name)
+        if not _same_database(given_url, sync_engine.url):
+            msg = (
+                "engine and sync_engine point at different databases "
+                f"({given_url.render_as_string()} vs {sync_engine.url.render_as_string()}): "
+                "the async and sync calls would see different caches; pass two engines "
+                "for the same database, or only one and let the cache derive the other"
+            )
+            raise ConfigurationError(msg)
+
+    given_sync = engine if isinstance(engine, Engine) else sync_engine
+    if isinstance(engine, AsyncEngine) and given_sync is not None:
+        # An explicit pair needs no twin table: any drivers the caller chose will do.
+        return EnginePair(_autocommit_async(engine), _autocommit_sync(given_sync))
+
+    async_url, sync_url = _twin_urls(given_url)
+    owned: list[AsyncEngine | Engine] = []
+    if isinstance(engine, AsyncEngine):
+        async_engine = _autocommit_async(engine)
+    else:
+        async_engine = _create(async_url, create_async_engine)
+        owned.append(async_engine)
+    if given_sync is not None:
+        sync = _autocommit_sync(given_sync)
+    else:
+        sync = _create(sync_url, create_engine)
+        owned.append(sync)
+    return EnginePair(async_engine, sync, owned)

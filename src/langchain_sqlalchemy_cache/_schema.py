@@ -1,0 +1,43 @@
+"""The cache table."""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, Float, MetaData, SmallInteger, String, Table, Text
+from sqlalchemy.dialects import mysql
+
+from ._keys import KEY_LENGTH
+
+DEFAULT_TABLE_NAME = "langchain_llm_cache"
+
+# Bumped when the payload encoding changes, so that rows written by an older
+# release can be told apart from new ones.
+FORMAT_VERSION = 1
+
+# MySQL's TEXT stops at 64 KiB; prompts and generations routinely exceed it.
+_LONG_TEXT = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+
+
+def cache_table(
+    metadata: MetaData, table_name: str = DEFAULT_TABLE_NAME, schema: str | None = None
+) -> Table:
+    """Define the cache table on ``metadata`` and return it.
+
+    Columns:
+        key: hex SHA-256 of (llm_string, prompt), the primary key.
+        prompt / llm_string: the inputs as JSON string literals (ASCII, so NUL and lone
+            surrogates are storable everywhere); kept for inspection and maintenance.
+        payload: the generations as an ASCII JSON array of LangChain-serialized objects.
+        updated_at: UNIX time of the last write.
+        format: the payload format version.
+    """
+    return Table(
+        table_name,
+        metadata,
+        Column("key", String(KEY_LENGTH), primary_key=True),
+        Column("prompt", _LONG_TEXT, nullable=True),
+        Column("llm_string", _LONG_TEXT, nullable=True),
+        Column("payload", _LONG_TEXT, nullable=False),
+        Column("updated_at", Float, nullable=False),
+        Column("format", SmallInteger, nullable=False, default=FORMAT_VERSION),
+        schema=schema,
+    )

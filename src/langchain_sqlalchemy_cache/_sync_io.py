@@ -1,0 +1,42 @@
+"""The sync facade's only I/O: running prepared statements on the sync Engine."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Engine, Executable, Row, Table
+from sqlalchemy.orm import sessionmaker
+
+from ._table import TableReadiness, create_table
+
+
+class SyncExecutor:
+    """Runs statements through short-lived ``Session``s on the paired sync Engine."""
+
+    def __init__(self, engine: Engine, table: Table, readiness: TableReadiness) -> None:
+        self._engine = engine
+        self._table = table
+        self._readiness = readiness
+        self._sessions = sessionmaker(engine)
+
+    def _ensure_table(self) -> None:
+        if self._readiness.ready:
+            return
+        with self._readiness.thread_lock:
+            if not self._readiness.ready:
+                with self._engine.connect() as connection:
+                    create_table(connection, self._table)
+                self._readiness.ready = True
+
+    def fetch(self, statement: Executable) -> Sequence[Row[Any]]:
+        """Run a SELECT and return all its rows."""
+        self._ensure_table()
+        with self._sessions() as session:
+            return session.execute(statement).all()
+
+    def execute(self, statement: Executable) -> None:
+        """Run a statement that returns no rows."""
+        self._ensure_table()
+        with self._sessions() as session:
+            session.execute(statement)

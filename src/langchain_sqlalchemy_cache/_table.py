@@ -1,0 +1,47 @@
+"""Creating the cache table before first use, exactly once per cache object."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import weakref
+
+from sqlalchemy import Connection, Table, inspect
+from sqlalchemy.exc import DBAPIError
+
+
+def create_table(connection: Connection, table: Table) -> None:
+    """CREATE TABLE IF NOT EXISTS, tolerating a concurrent creator.
+
+    PostgreSQL can fail two concurrent ``CREATE TABLE IF NOT EXISTS`` of the same
+    name with a unique violation in its catalog; the loser only needs the table to exist.
+    """
+    try:
+        table.create(connection, checkfirst=True)
+    except DBAPIError:
+        if not inspect(connection).has_table(table.name, schema=table.schema):
+            raise
+
+
+class TableReadiness:
+    """Whether the table is known to exist, and the locks that make creating it happen once.
+
+    Threads share one lock; coroutines wait on a lock of their own event loop, since an
+    asyncio lock must not be shared between loops.
+    """
+
+    def __init__(self, *, create: bool) -> None:
+        self.ready = not create
+        self.thread_lock = threading.Lock()
+        self._loop_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def loop_lock(self) -> asyncio.Lock:
+        """The lock for coroutines of the running event loop."""
+        loop = asyncio.get_running_loop()
+        with self.thread_lock:
+            lock = self._loop_locks.get(loop)
+            if lock is None:
+                lock = self._loop_locks[loop] = asyncio.Lock()
+            return lock
