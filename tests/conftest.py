@@ -1,0 +1,88 @@
+"""Fixtures: real SQLite files and a real PostgreSQL server, one fresh table per test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from langchain_sqlalchemy_cache import SQLAlchemyCache
+
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+BACKENDS = ("sqlite", "postgresql")
+
+
+def _postgres_url() -> str:
+    return os.environ.get("TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The test server's URL; skips (or fails under REQUIRE_POSTGRES=1) if unreachable."""
+    url = _postgres_url()
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as exc:
+        reason = f"PostgreSQL at {url} is unreachable: {exc}"
+        if os.environ.get("REQUIRE_POSTGRES") == "1":
+            pytest.fail(reason + " (REQUIRE_POSTGRES=1)")
+        pytest.skip(reason)
+    finally:
+        engine.dispose()
+    return url
+
+
+def unique_table() -> str:
+    return f"t_{uuid.uuid4().hex[:12]}"
+
+
+def drop_table(cache: SQLAlchemyCache, table_name: str) -> None:
+    with cache.sync_engine.connect() as connection:
+        connection.execute(text(f'DROP TABLE IF EXISTS "{table_name}"'))
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database URL for each backend: a fresh SQLite file, or the PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'cache.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+CacheFactory = Callable[..., SQLAlchemyCache]
+
+
+@pytest.fixture
+def make_cache(backend_url: str) -> Iterator[CacheFactory]:
+    """Build caches on this test's backend, each on a table of its own, dropped afterwards."""
+    made: list[tuple[SQLAlchemyCache, str]] = []
+
+    def factory(**options: object) -> SQLAlchemyCache:
+        table_name = str(options.pop("table_name", unique_table()))
+        cache = SQLAlchemyCache(backend_url, table_name=table_name, **options)  # type: ignore[arg-type]
+        made.append((cache, table_name))
+        return cache
+
+    yield factory
+    for cache, table_name in made:
+        drop_table(cache, table_name)
+        cache.close()
+
+
+@pytest.fixture
+def cache(make_cache: CacheFactory) -> SQLAlchemyCache:
+    return make_cache()
+
+
+@pytest.fixture
+async def acache(make_cache: CacheFactory) -> AsyncIterator[SQLAlchemyCache]:
+    """A cache whose async connections are closed on the test's own event loop."""
+    cache = make_cache()
+    yield cache
+    await cache.aclose()
