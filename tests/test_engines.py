@@ -96,10 +96,15 @@ def test_explicit_pair_on_different_databases_is_refused(tmp_path: Path) -> None
 
 @pytest.mark.parametrize(
     "url",
-    ["sqlite://", "sqlite:///:memory:", "sqlite+aiosqlite:///:memory:", "sqlite:///file:x?mode=memory&uri=true"],
+    [
+        "sqlite://",
+        "sqlite:///:memory:",
+        "sqlite+aiosqlite:///:memory:",
+        "sqlite:///file:x?mode=memory&uri=true",
+    ],
 )
 def test_in_memory_sqlite_is_refused_with_an_explanation(url: str) -> None:
-    with pytest.raises(ConfigurationError, match="in-memory SQLite .* use a file"):
+    with pytest.raises(ConfigurationError, match=r"in-memory SQLite .* use a file"):
         SQLAlchemyCache(url)
 
 

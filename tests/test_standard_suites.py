@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 from langchain_tests.integration_tests import AsyncCacheTestSuite, SyncCacheTestSuite
@@ -14,8 +14,8 @@ from .conftest import CacheFactory
 
 class TestSyncSuite(SyncCacheTestSuite):
     @pytest.fixture
-    def cache(self, make_cache: CacheFactory) -> Iterator[SQLAlchemyCache]:
-        yield make_cache()
+    def cache(self, make_cache: CacheFactory) -> SQLAlchemyCache:
+        return make_cache()
 
 
 class TestAsyncSuite(AsyncCacheTestSuite):

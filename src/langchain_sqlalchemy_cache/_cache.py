@@ -118,9 +118,7 @@ class SQLAlchemyCache(BaseCache):
     def _update_statement(self, prompt: str, llm_string: str, return_val: object) -> Any:
         key = cache_key(_check_text("prompt", prompt), _check_text("llm_string", llm_string))
         payload = encode_generations(validate_generations(return_val))
-        row = sql.entry_row(
-            key, encode_text(prompt), encode_text(llm_string), payload, time.time()
-        )
+        row = sql.entry_row(key, encode_text(prompt), encode_text(llm_string), payload, time.time())
         return sql.upsert(self._table, self._dialect, [row])
 
     # Sync facade.

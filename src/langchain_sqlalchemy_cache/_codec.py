@@ -95,9 +95,7 @@ def encode_generations(generations: Sequence[Generation]) -> str:
 def decode_generations(payload: str) -> list[Generation] | None:
     """Rebuild the generations of a row, or return None (a miss) if the row is unusable."""
     try:
-        loaded = load(
-            json.loads(payload), allowed_objects=ALLOWED_CLASSES, secrets_from_env=False
-        )
+        loaded = load(json.loads(payload), allowed_objects=ALLOWED_CLASSES, secrets_from_env=False)
     except Exception as exc:  # any malformed or hostile row is a miss, never a crash
         logger.warning("cache row could not be loaded, treating it as a miss: %r", exc)
         return None

@@ -7,8 +7,8 @@ one's URL by swapping the driver for its twin.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from sqlalchemy import URL, Engine, create_engine, event, make_url
@@ -29,7 +29,12 @@ _SYNC_DRIVERS = {
     "sqlite": ("pysqlite",),
 }
 _SYNC_TWIN = {"asyncpg": "psycopg", "psycopg_async": "psycopg", "aiosqlite": "pysqlite"}
-_ASYNC_TWIN = {"psycopg": "asyncpg", "psycopg2": "asyncpg", "pg8000": "asyncpg", "pysqlite": "aiosqlite"}
+_ASYNC_TWIN = {
+    "psycopg": "asyncpg",
+    "psycopg2": "asyncpg",
+    "pg8000": "asyncpg",
+    "pysqlite": "aiosqlite",
+}
 
 _E = TypeVar("_E", AsyncEngine, Engine)
 
@@ -113,8 +118,10 @@ def _is_in_memory_sqlite(url: URL) -> bool:
     if url.get_backend_name() != "sqlite":
         return False
     database = url.database or ""
-    return database in ("", ":memory:") or "mode=memory" in database or (
-        url.query.get("mode") == "memory"
+    return (
+        database in ("", ":memory:")
+        or "mode=memory" in database
+        or (url.query.get("mode") == "memory")
     )
 
 

@@ -35,7 +35,9 @@ def check_dialect(dialect_name: str) -> None:
         raise ConfigurationError(msg)
 
 
-def entry_row(key: str, prompt: str | None, llm_string: str | None, payload: str, now: float) -> Row:
+def entry_row(
+    key: str, prompt: str | None, llm_string: str | None, payload: str, now: float
+) -> Row:
     """Return the column values of one cache entry."""
     return {
         "key": key,
