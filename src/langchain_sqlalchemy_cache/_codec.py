@@ -15,6 +15,7 @@ from typing import Any
 
 from langchain_core._api.beta_decorator import LangChainBetaWarning
 from langchain_core.load import dumpd, load
+from langchain_core.load.load import Reviver
 from langchain_core.messages import (
     AIMessage,
     AIMessageChunk,
@@ -92,10 +93,26 @@ def encode_generations(generations: Sequence[Generation]) -> str:
     return json.dumps([dumpd(generation) for generation in generations])
 
 
+# Building a Reviver computes the allowlist's class paths, which is most of the cost of
+# `load` for a typical row; one instance, configured exactly as `load` would configure
+# it, is stateless after construction and shared by every decode.
+_REVIVER = Reviver(ALLOWED_CLASSES, None, None, False, None)
+# dumpd wraps user data that looks like a serialized object in this key, and `load`
+# unwraps it before reviving anything; a json object_hook would revive bottom-up and
+# build what is inside the wrapper, so such payloads take the `load` path.
+_ESCAPE_MARKER = "__lc_escaped__"
+
+
+def _revive(payload: str) -> Any:
+    if _ESCAPE_MARKER in payload:
+        return load(json.loads(payload), allowed_objects=ALLOWED_CLASSES, secrets_from_env=False)
+    return json.loads(payload, object_hook=_REVIVER)
+
+
 def decode_generations(payload: str) -> list[Generation] | None:
     """Rebuild the generations of a row, or return None (a miss) if the row is unusable."""
     try:
-        loaded = load(json.loads(payload), allowed_objects=ALLOWED_CLASSES, secrets_from_env=False)
+        loaded = _revive(payload)
     except Exception as exc:  # any malformed or hostile row is a miss, never a crash
         logger.warning("cache row could not be loaded, treating it as a miss: %r", exc)
         return None
