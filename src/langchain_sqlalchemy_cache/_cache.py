@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
 from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
-from sqlalchemy import URL, Engine, MetaData, Row
+from sqlalchemy import URL, Engine, MetaData, Pool, Row
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import _statements as sql
 from ._async_io import AsyncExecutor
+from ._batching import Coalescer, PerLoop
 from ._codec import decode_generations, encode_generations, encode_text, validate_generations
 from ._engines import EnginePair, resolve_engines
 from ._errors import ConfigurationError
@@ -37,6 +39,26 @@ def _check_clear_kwargs(kwargs: dict[str, Any]) -> None:
 
 def _first_payload(rows: Sequence[Row[Any]]) -> RETURN_VAL_TYPE | None:
     return decode_generations(rows[0].payload) if rows else None
+
+
+# Rows per multi-row upsert: each row is 6 parameters, and rows can be megabytes.
+_MAX_UPSERT_ROWS = 100
+
+
+def _pool_capacity(pool: Pool) -> int:
+    """How many connections ``pool`` hands out at once (the bound for in-flight statements)."""
+    size = getattr(pool, "size", None)
+    if callable(size):
+        overflow = getattr(pool, "_max_overflow", 0)
+        return max(1, int(size()) + max(0, int(overflow)))
+    return 10  # NullPool and friends: no fixed bound; stay modest with the server
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        msg = f"{name} must be a positive int, got {value!r}"
+        raise ConfigurationError(msg)
+    return value
 
 
 class SQLAlchemyCache(BaseCache):
@@ -67,6 +89,9 @@ class SQLAlchemyCache(BaseCache):
         table_name: str = DEFAULT_TABLE_NAME,
         schema: str | None = None,
         create_table: bool = True,
+        coalesce: bool = True,
+        max_batch_size: int = 500,
+        max_concurrency: int | None = None,
     ) -> None:
         """Open a cache on a database.
 
@@ -81,6 +106,16 @@ class SQLAlchemyCache(BaseCache):
             schema: Database schema of the table (PostgreSQL), or None for the default.
             create_table: Create the table (if missing) before first use. Pass False
                 when the table is managed by your own migrations.
+            coalesce: Serve async calls that are waiting at the same moment on one event
+                loop with one statement: lookups with one ``SELECT .. WHERE key IN``,
+                updates with one multi-row upsert. Nothing waits for company: a batch is
+                whatever is queued when a connection is free. False sends one statement
+                per call.
+            max_batch_size: Most keys per batched lookup (updates: at most 100 rows).
+            max_concurrency: Most async statements in flight at once per event loop;
+                defaults to what the async engine's pool can serve (pool size plus
+                overflow), so any number of concurrent callers never times out waiting
+                for a connection.
 
         Raises:
             ConfigurationError: The engines or URL cannot be used or paired; the
@@ -98,6 +133,19 @@ class SQLAlchemyCache(BaseCache):
         readiness = TableReadiness(create=create_table)
         self._async = AsyncExecutor(self._engines.async_engine, self._table, readiness)
         self._sync = SyncExecutor(self._engines.sync_engine, self._table, readiness)
+        batch = _positive_int("max_batch_size", max_batch_size) if coalesce else 1
+        slots = (
+            _pool_capacity(self._engines.async_engine.pool)
+            if max_concurrency is None
+            else _positive_int("max_concurrency", max_concurrency)
+        )
+        self._slots: PerLoop[asyncio.Semaphore] = PerLoop(lambda: asyncio.Semaphore(slots))
+        self._lookups: Coalescer[str, str | None] = Coalescer(
+            self._fetch_payloads, max_batch=batch, slots=self._slots
+        )
+        self._updates: Coalescer[sql.Row, None] = Coalescer(
+            self._write_rows, max_batch=min(batch, _MAX_UPSERT_ROWS), slots=self._slots
+        )
 
     @property
     def async_engine(self) -> AsyncEngine:
@@ -111,15 +159,25 @@ class SQLAlchemyCache(BaseCache):
 
     # Statement building: pure, shared by both sides.
 
-    def _lookup_statement(self, prompt: str, llm_string: str) -> Any:
-        key = cache_key(_check_text("prompt", prompt), _check_text("llm_string", llm_string))
-        return sql.select_payloads(self._table, [key])
+    @staticmethod
+    def _key(prompt: str, llm_string: str) -> str:
+        return cache_key(_check_text("prompt", prompt), _check_text("llm_string", llm_string))
 
-    def _update_statement(self, prompt: str, llm_string: str, return_val: object) -> Any:
-        key = cache_key(_check_text("prompt", prompt), _check_text("llm_string", llm_string))
+    def _row(self, prompt: str, llm_string: str, return_val: object) -> sql.Row:
+        key = self._key(prompt, llm_string)
         payload = encode_generations(validate_generations(return_val))
-        row = sql.entry_row(key, encode_text(prompt), encode_text(llm_string), payload, time.time())
-        return sql.upsert(self._table, self._dialect, [row])
+        return sql.entry_row(
+            key, encode_text(prompt), encode_text(llm_string), payload, time.time()
+        )
+
+    async def _fetch_payloads(self, keys: Sequence[str]) -> list[str | None]:
+        statement = sql.select_payloads(self._table, self._dialect, list(dict.fromkeys(keys)))
+        found = {row.key: row.payload for row in await self._async.fetch(statement)}
+        return [found.get(key) for key in keys]
+
+    async def _write_rows(self, rows: Sequence[sql.Row]) -> list[None]:
+        await self._async.execute(sql.upsert(self._table, self._dialect, rows))
+        return [None] * len(rows)
 
     # Sync facade.
 
@@ -128,7 +186,8 @@ class SQLAlchemyCache(BaseCache):
 
         A hit is always a ``list``, as LangChain requires.
         """
-        return _first_payload(self._sync.fetch(self._lookup_statement(prompt, llm_string)))
+        statement = sql.select_payloads(self._table, self._dialect, [self._key(prompt, llm_string)])
+        return _first_payload(self._sync.fetch(statement))
 
     def update(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
         """Store ``return_val``, replacing any entry for (prompt, llm_string) entirely.
@@ -136,7 +195,8 @@ class SQLAlchemyCache(BaseCache):
         Raises:
             TypeError: ``return_val`` is not a sequence of ``Generation`` objects.
         """
-        self._sync.execute(self._update_statement(prompt, llm_string, return_val))
+        row = self._row(prompt, llm_string, return_val)
+        self._sync.execute(sql.upsert(self._table, self._dialect, [row]))
 
     def clear(self, **kwargs: Any) -> None:
         """Delete every entry of this cache's table."""
@@ -147,8 +207,8 @@ class SQLAlchemyCache(BaseCache):
 
     async def alookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
         """Async ``lookup``, on the AsyncEngine."""
-        statement = self._lookup_statement(prompt, llm_string)
-        return _first_payload(await self._async.fetch(statement))
+        payload = await self._lookups.submit(self._key(prompt, llm_string))
+        return None if payload is None else decode_generations(payload)
 
     async def aupdate(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
         """Async ``update``, on the AsyncEngine.
@@ -156,12 +216,13 @@ class SQLAlchemyCache(BaseCache):
         Raises:
             TypeError: ``return_val`` is not a sequence of ``Generation`` objects.
         """
-        await self._async.execute(self._update_statement(prompt, llm_string, return_val))
+        await self._updates.submit(self._row(prompt, llm_string, return_val))
 
     async def aclear(self, **kwargs: Any) -> None:
         """Async ``clear``, on the AsyncEngine."""
         _check_clear_kwargs(kwargs)
-        await self._async.execute(sql.delete_all(self._table))
+        async with self._slots.get():
+            await self._async.execute(sql.delete_all(self._table))
 
     # Lifecycle: only engines the cache created are disposed of.
 

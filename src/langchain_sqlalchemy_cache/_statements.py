@@ -9,17 +9,20 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Delete, Select, Table, delete, select
+from sqlalchemy import Delete, Select, String, Table, any_, bindparam, delete, select
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
 from ._errors import ConfigurationError
+from ._keys import KEY_LENGTH
 from ._schema import FORMAT_VERSION
 
 Row = Mapping[str, Any]
 
 # Columns an upsert overwrites; the key is what it matches on.
 _UPDATED_COLUMNS = ("prompt", "llm_string", "payload", "updated_at", "format")
+
+_KEY_ARRAY = postgresql.ARRAY(String(KEY_LENGTH))
 
 SUPPORTED_DIALECTS = ("postgresql", "sqlite", "mysql", "mariadb")
 
@@ -49,9 +52,17 @@ def entry_row(
     }
 
 
-def select_payloads(table: Table, keys: Sequence[str]) -> Select[tuple[str, str]]:
-    """SELECT key, payload for the given keys (one key compares with ``=``)."""
+def select_payloads(
+    table: Table, dialect_name: str, keys: Sequence[str]
+) -> Select[tuple[str, str]]:
+    """SELECT key, payload for the given keys.
+
+    On PostgreSQL the keys travel as one array parameter, so every batch size is the
+    same statement and asyncpg prepares it once per connection instead of once per size.
+    """
     stmt = select(table.c.key, table.c.payload)
+    if dialect_name == "postgresql":
+        return stmt.where(table.c.key == any_(bindparam("keys", list(keys), type_=_KEY_ARRAY)))
     if len(keys) == 1:
         return stmt.where(table.c.key == keys[0])
     return stmt.where(table.c.key.in_(keys))

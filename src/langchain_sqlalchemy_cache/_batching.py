@@ -1,0 +1,134 @@
+"""Coalescing concurrent calls into batches, and bounding what is in flight.
+
+Calls that are waiting at the same moment on one event loop become one statement:
+the window is whatever is already queued when a connection slot is free, never a
+timer, so a lone call is not delayed. At most ``slots`` statements are in flight per
+event loop, so thousands of concurrent callers never exhaust the connection pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import weakref
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+RunBatch = Callable[[Sequence[T]], Awaitable[Sequence[R]]]
+
+
+class PerLoop(Generic[T]):
+    """One ``T`` per running event loop, made on first use there and dropped with the loop.
+
+    asyncio primitives belong to the loop they were made on, and a cache object may be
+    used from several loops (threads each running one, repeated ``asyncio.run``).
+    """
+
+    def __init__(self, factory: Callable[[], T]) -> None:
+        self._factory = factory
+        self._lock = threading.Lock()
+        self._items: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, T] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def get(self) -> T:
+        """The ``T`` of the running event loop."""
+        loop = asyncio.get_running_loop()
+        item = self._items.get(loop)
+        if item is None:
+            with self._lock:
+                item = self._items.get(loop)
+                if item is None:
+                    item = self._items[loop] = self._factory()
+        return item
+
+
+@dataclass
+class _Queue(Generic[T, R]):
+    waiting: list[tuple[T, asyncio.Future[R]]] = field(default_factory=list)
+    draining: bool = False
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+class Coalescer(Generic[T, R]):
+    """Queues calls per event loop and runs them as batches of at most ``max_batch``.
+
+    ``run_batch`` gets the items of one batch and returns one result per item, in order.
+    Every caller gets exactly its own result; a failing batch fails only its own callers;
+    a cancelled caller is dropped from its batch and cancels nobody else.
+    """
+
+    def __init__(
+        self,
+        run_batch: RunBatch[T, R],
+        *,
+        max_batch: int,
+        slots: PerLoop[asyncio.Semaphore],
+    ) -> None:
+        self._run_batch = run_batch
+        self._max_batch = max_batch
+        self._slots = slots
+        self._queues: PerLoop[_Queue[T, R]] = PerLoop(_Queue)
+
+    async def submit(self, item: T) -> R:
+        """Queue ``item`` and wait for its result."""
+        queue = self._queues.get()
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        queue.waiting.append((item, future))
+        if not queue.draining:
+            queue.draining = True
+            self._spawn(queue, self._drain(queue))
+        return await future
+
+    def _spawn(self, queue: _Queue[T, R], coroutine: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coroutine)
+        # The loop keeps only weak references to tasks: hold them until they finish.
+        queue.tasks.add(task)
+        task.add_done_callback(queue.tasks.discard)
+
+    async def _drain(self, queue: _Queue[T, R]) -> None:
+        slots = self._slots.get()
+        try:
+            while queue.waiting:
+                await slots.acquire()
+                # Everything queued while we waited for the slot rides in this batch.
+                batch = [(i, f) for i, f in queue.waiting[: self._max_batch] if not f.done()]
+                del queue.waiting[: self._max_batch]
+                if batch:
+                    self._spawn(queue, self._run(batch, slots))
+                else:
+                    slots.release()
+        except BaseException:
+            # Cancelled (the loop is shutting down): nobody will serve the queue now.
+            for _, future in queue.waiting:
+                future.cancel()
+            queue.waiting.clear()
+            raise
+        finally:
+            queue.draining = False
+
+    async def _run(
+        self, batch: list[tuple[T, asyncio.Future[R]]], slots: asyncio.Semaphore
+    ) -> None:
+        try:
+            results = await self._run_batch([item for item, _ in batch])
+        except asyncio.CancelledError:
+            for _, future in batch:
+                future.cancel()
+            raise
+        except BaseException as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+        finally:
+            slots.release()
