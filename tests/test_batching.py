@@ -1,0 +1,107 @@
+"""The coalescing machinery on its own: batch composition, failures, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from langchain_sqlalchemy_cache._batching import Coalescer, PerLoop
+
+
+class Recorder:
+    def __init__(self, slots: int = 1, max_batch: int = 100) -> None:
+        self.batches: list[list[str]] = []
+        self.release = asyncio.Event()
+        self.release.set()
+        self.coalescer: Coalescer[str, str] = Coalescer(
+            self.run, max_batch=max_batch, slots=PerLoop(lambda: asyncio.Semaphore(slots))
+        )
+
+    async def run(self, items: Sequence[str]) -> list[str]:
+        self.batches.append(list(items))
+        await self.release.wait()
+        if "bad" in items:
+            raise RuntimeError("batch failed")
+        return [item.upper() for item in items]
+
+
+async def test_a_lone_call_runs_alone_without_waiting_for_company() -> None:
+    recorder = Recorder()
+    assert await recorder.coalescer.submit("a") == "A"
+    assert recorder.batches == [["a"]]
+
+
+async def test_what_is_queued_together_runs_together() -> None:
+    recorder = Recorder()
+    results = await asyncio.gather(*(recorder.coalescer.submit(x) for x in "abc"))
+    assert results == ["A", "B", "C"]
+    assert recorder.batches == [["a", "b", "c"]]
+
+
+async def test_calls_queued_while_the_slot_is_busy_form_the_next_batch() -> None:
+    recorder = Recorder(slots=1)
+    recorder.release.clear()
+    first = asyncio.ensure_future(recorder.coalescer.submit("a"))
+    await asyncio.sleep(0.01)
+    later = [asyncio.ensure_future(recorder.coalescer.submit(x)) for x in "bcd"]
+    await asyncio.sleep(0.01)
+    assert recorder.batches == [["a"]]  # the slot is taken: b, c, d wait together
+    recorder.release.set()
+    assert await first == "A"
+    assert [await t for t in later] == ["B", "C", "D"]
+    assert recorder.batches == [["a"], ["b", "c", "d"]]
+
+
+async def test_a_failing_batch_fails_only_its_own_callers() -> None:
+    recorder = Recorder(slots=2, max_batch=2)
+    results = await asyncio.gather(
+        *(recorder.coalescer.submit(x) for x in ["a", "bad", "c", "d"]), return_exceptions=True
+    )
+    assert isinstance(results[0], RuntimeError)
+    assert isinstance(results[1], RuntimeError)
+    assert results[2:] == ["C", "D"]
+    assert recorder.batches == [["a", "bad"], ["c", "d"]]
+
+
+async def test_a_cancelled_caller_is_dropped_and_cancels_nobody_else() -> None:
+    recorder = Recorder(slots=1)
+    recorder.release.clear()
+    blocker = asyncio.ensure_future(recorder.coalescer.submit("a"))
+    await asyncio.sleep(0.01)
+    waiting = {x: asyncio.ensure_future(recorder.coalescer.submit(x)) for x in "bcd"}
+    await asyncio.sleep(0.01)
+    waiting["c"].cancel()  # cancelled before its batch formed: not sent at all
+    recorder.release.set()
+    assert await blocker == "A"
+    assert await waiting["b"] == "B"
+    assert await waiting["d"] == "D"
+    with pytest.raises(asyncio.CancelledError):
+        await waiting["c"]
+    assert recorder.batches == [["a"], ["b", "d"]]
+
+
+async def test_a_caller_cancelled_mid_batch_leaves_the_batch_running() -> None:
+    recorder = Recorder(slots=1)
+    recorder.release.clear()
+    tasks = [asyncio.ensure_future(recorder.coalescer.submit(x)) for x in "abc"]
+    await asyncio.sleep(0.01)
+    tasks[1].cancel()
+    recorder.release.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert results[0] == "A"
+    assert isinstance(results[1], asyncio.CancelledError)
+    assert results[2] == "C"
+
+
+def test_each_event_loop_gets_its_own_queue_and_slots() -> None:
+    recorder_holder: list[Recorder] = []
+
+    async def use() -> str:
+        if not recorder_holder:
+            recorder_holder.append(Recorder())
+        return await recorder_holder[0].coalescer.submit("x")
+
+    assert asyncio.run(use()) == "X"
+    assert asyncio.run(use()) == "X"  # a second loop: no "attached to a different loop"

@@ -1,0 +1,194 @@
+"""One round trip per call, coalesced batches, and a bounded number of statements in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from langchain_core.outputs import Generation
+from sqlalchemy import create_engine, event
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from langchain_sqlalchemy_cache import SQLAlchemyCache
+
+from .conftest import CacheFactory, drop_table, unique_table
+from .pgproxy import PgProxy
+
+LLM = "llm"
+
+
+def count_statements(cache: SQLAlchemyCache) -> list[str]:
+    """The statements the async engine sends, as its engine events see them."""
+    sent: list[str] = []
+    event.listen(
+        cache.async_engine.sync_engine,
+        "before_cursor_execute",
+        lambda *args: sent.append(args[2].split()[0]),
+    )
+    return sent
+
+
+@pytest.fixture
+def proxied_cache(postgres_url: str) -> Iterator[tuple[SQLAlchemyCache, PgProxy]]:
+    """A cache whose both engines reach PostgreSQL through the counting proxy."""
+    with PgProxy() as proxy:
+        url = postgres_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+        url = url.replace("localhost:5432", f"127.0.0.1:{proxy.port}")
+        async_engine = create_async_engine(
+            url.replace("postgresql://", "postgresql+asyncpg://"), connect_args={"ssl": False}
+        )
+        sync_engine = create_engine(
+            url.replace("postgresql://", "postgresql+psycopg://"),
+            connect_args={"sslmode": "disable"},
+        )
+        table = unique_table()
+        cache = SQLAlchemyCache(async_engine, sync_engine=sync_engine, table_name=table)
+        yield cache, proxy
+        drop_table(cache, table)
+        sync_engine.dispose()
+
+
+async def test_every_async_call_is_one_round_trip_on_postgres(
+    proxied_cache: tuple[SQLAlchemyCache, PgProxy],
+) -> None:
+    cache, proxy = proxied_cache
+    value = [Generation(text="x")]
+    # Warm up: table creation, connection setup and asyncpg's one-off statement prepares.
+    for _ in range(2):
+        await cache.aupdate("p", LLM, value)
+        await cache.alookup("p", LLM)
+        await cache.alookup("missing", LLM)
+        await cache.aclear()
+    for call in (
+        lambda: cache.aupdate("p", LLM, value),
+        lambda: cache.alookup("p", LLM),
+        lambda: cache.alookup("missing", LLM),
+        lambda: cache.aclear(),
+    ):
+        proxy.reset()
+        await call()
+        assert proxy.round_trips == 1, dict(proxy.messages)
+        assert proxy.messages["Q"] == 0  # no BEGIN / ROLLBACK / COMMIT as simple queries
+    await cache.async_engine.dispose()
+
+
+def test_every_sync_call_is_one_round_trip_on_postgres(
+    proxied_cache: tuple[SQLAlchemyCache, PgProxy],
+) -> None:
+    cache, proxy = proxied_cache
+    value = [Generation(text="x")]
+    cache.update("p", LLM, value)
+    cache.lookup("p", LLM)
+    for call in (
+        lambda: cache.update("p", LLM, value),
+        lambda: cache.lookup("p", LLM),
+        lambda: cache.lookup("missing", LLM),
+        lambda: cache.clear(),
+    ):
+        proxy.reset()
+        call()
+        assert proxy.round_trips == 1, dict(proxy.messages)
+
+
+async def test_every_call_is_one_statement(acache: SQLAlchemyCache) -> None:
+    await acache.alookup("warm", LLM)  # table creation
+    sent = count_statements(acache)
+    await acache.aupdate("p", LLM, [Generation(text="x")])
+    await acache.alookup("p", LLM)
+    await acache.aclear()
+    assert sent == ["INSERT", "SELECT", "DELETE"]
+
+
+async def test_concurrent_lookups_share_one_select_and_get_their_own_answers(
+    acache: SQLAlchemyCache,
+) -> None:
+    for i in range(0, 200, 2):  # every other key is stored
+        await acache.aupdate(f"p{i}", LLM, [Generation(text=f"answer {i}")])
+    sent = count_statements(acache)
+    keys = [f"p{i}" for i in range(200)] * 2
+    random.Random(7).shuffle(keys)
+    results = await asyncio.gather(*(acache.alookup(key, LLM) for key in keys))
+    for key, result in zip(keys, results, strict=True):
+        i = int(key[1:])
+        assert result == ([Generation(text=f"answer {i}")] if i % 2 == 0 else None)
+    # 400 callers, batches of at most 500 keys: one statement.
+    assert sent == ["SELECT"]
+    # Callers asking for the same key get equal but separate objects.
+    first, second = (r for k, r in zip(keys, results, strict=True) if k == "p0")
+    assert first == second
+    assert first is not second
+
+
+async def test_concurrent_updates_are_one_upsert_last_write_wins(acache: SQLAlchemyCache) -> None:
+    await acache.alookup("warm", LLM)
+    sent = count_statements(acache)
+    await asyncio.gather(
+        *(acache.aupdate(f"k{i % 10}", LLM, [Generation(text=str(i))]) for i in range(50))
+    )
+    assert sent == ["INSERT"]
+    for k in range(10):
+        assert await acache.alookup(f"k{k}", LLM) == [Generation(text=str(40 + k))]
+
+
+async def test_coalescing_can_be_turned_off(make_cache: CacheFactory) -> None:
+    cache = make_cache(coalesce=False)
+    await cache.alookup("warm", LLM)
+    sent = count_statements(cache)
+    await asyncio.gather(*(cache.alookup(f"p{i}", LLM) for i in range(20)))
+    assert sent == ["SELECT"] * 20
+    await cache.aclose()
+
+
+async def test_batches_are_chunked(make_cache: CacheFactory) -> None:
+    cache = make_cache(max_batch_size=7)
+    await cache.alookup("warm", LLM)
+    sent = count_statements(cache)
+    await asyncio.gather(*(cache.alookup(f"p{i}", LLM) for i in range(50)))
+    assert sent == ["SELECT"] * 8  # ceil(50 / 7)
+    await cache.aclose()
+
+
+async def test_cancelled_callers_cancel_nobody_else(acache: SQLAlchemyCache) -> None:
+    for i in range(50):
+        await acache.aupdate(f"p{i}", LLM, [Generation(text=str(i))])
+    tasks = [asyncio.ensure_future(acache.alookup(f"p{i}", LLM)) for i in range(50)]
+    await asyncio.sleep(0)  # queued, the batch not yet answered
+    for task in tasks[::2]:
+        task.cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    for i, result in enumerate(results):
+        if i % 2 == 0:
+            assert isinstance(result, asyncio.CancelledError)
+        else:
+            assert result == [Generation(text=str(i))]
+    # The cache still answers afterwards.
+    assert await acache.alookup("p3", LLM) == [Generation(text="3")]
+
+
+async def test_ten_thousand_concurrent_calls_on_a_pool_of_five(backend_url: str) -> None:
+    url = backend_url.replace("postgresql://", "postgresql+asyncpg://").replace(
+        "sqlite:///", "sqlite+aiosqlite:///"
+    )
+    engine = create_async_engine(url, pool_size=5, max_overflow=0, pool_timeout=5)
+    table = unique_table()
+    cache = SQLAlchemyCache(engine, table_name=table)
+    checked_out: list[int] = []
+    event.listen(
+        engine.sync_engine.pool, "checkout", lambda *a: checked_out.append(engine.pool.checkedout())
+    )
+
+    async def call(i: int) -> Any:
+        if i % 10 == 0:
+            await cache.aupdate(f"p{i % 500}", LLM, [Generation(text=str(i % 500))])
+            return None
+        return await cache.alookup(f"p{i % 500}", LLM)
+
+    results = await asyncio.gather(*(call(i) for i in range(10_000)))
+    for i, result in enumerate(results):
+        assert result is None or result == [Generation(text=str(i % 500))]
+    assert max(checked_out) <= 5
+    drop_table(cache, table)
+    await engine.dispose()
