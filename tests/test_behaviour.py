@@ -17,6 +17,7 @@ from sqlalchemy import Column, MetaData, String, Table, Text, event, insert, tex
 from langchain_sqlalchemy_cache import SQLAlchemyCache
 
 from .conftest import CacheFactory
+from .test_codec import HOSTILE_PAYLOADS
 
 LLM = '{"model": "fake", "temperature": 0}---[("stop", None)]'
 
@@ -254,31 +255,15 @@ def write_raw_payload(cache: SQLAlchemyCache, prompt: str, payload: str) -> None
 
 
 UNTRUSTED_PAYLOADS = {
-    "prompt template": json.dumps(
-        [
-            {
-                "lc": 1,
-                "type": "constructor",
-                "id": ["langchain", "prompts", "prompt", "PromptTemplate"],
-                "kwargs": {"template": "{x}", "input_variables": ["x"]},
-            }
-        ]
-    ),
+    **HOSTILE_PAYLOADS,
     "secret from env": json.dumps(
         [
             {
-                "lc": 1,
-                "type": "constructor",
-                "id": ["langchain", "schema", "output", "Generation"],
-                "kwargs": {
-                    "text": {"lc": 1, "type": "secret", "id": ["CACHE_TEST_SECRET"]},
-                },
+                "class": "Generation",
+                "fields": {"text": {"lc": 1, "type": "secret", "id": ["CACHE_TEST_SECRET"]}},
             }
         ]
     ),
-    "truncated json": '[{"lc": 1, "type": "constructor", "id": ["langchain"',
-    "not a list": json.dumps({"text": "x"}),
-    "a list of plain dicts": json.dumps([{"text": "x"}]),
 }
 
 
@@ -295,12 +280,15 @@ def test_untrusted_rows_are_misses_with_a_warning(
         assert cache.lookup("p", LLM) is None
     assert any("miss" in r.getMessage() for r in caplog.records)
     assert "hunter2" not in caplog.text
+    # Nothing was built from the row: a good write afterwards is served normally.
+    cache.update("p", LLM, [Generation(text="good")])
+    assert cache.lookup("p", LLM) == [Generation(text="good")]
 
 
 async def test_untrusted_row_is_a_miss_async(
     acache: SQLAlchemyCache, caplog: pytest.LogCaptureFixture
 ) -> None:
-    write_raw_payload(acache, "p", UNTRUSTED_PAYLOADS["prompt template"])
+    write_raw_payload(acache, "p", UNTRUSTED_PAYLOADS["a class outside the allowlist"])
     with caplog.at_level(logging.WARNING, logger="langchain_sqlalchemy_cache"):
         assert await acache.alookup("p", LLM) is None
     assert "PromptTemplate" in caplog.text
@@ -335,3 +323,13 @@ def test_clear_removes_everything_and_rejects_unknown_arguments(cache: SQLAlchem
     assert cache.lookup("p0", LLM) is not None
     cache.clear()
     assert all(cache.lookup(f"p{i}", LLM) is None for i in range(5))
+
+
+def test_an_answer_json_cannot_hold_is_not_cached_and_does_not_raise(
+    cache: SQLAlchemyCache, caplog: pytest.LogCaptureFixture
+) -> None:
+    odd = [Generation(text="t", generation_info={"created": object()})]
+    with caplog.at_level(logging.WARNING, logger="langchain_sqlalchemy_cache"):
+        cache.update("p", LLM, odd)
+    assert "not caching" in caplog.text
+    assert cache.lookup("p", LLM) is None

@@ -15,7 +15,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from . import _statements as sql
 from ._async_io import AsyncExecutor
 from ._batching import Coalescer, PerLoop
-from ._codec import decode_generations, encode_generations, encode_text, validate_generations
+from ._codec import (
+    UncacheableError,
+    decode_generations,
+    encode_generations,
+    encode_text,
+    logger,
+    validate_generations,
+)
 from ._engines import EnginePair, resolve_engines
 from ._errors import ConfigurationError
 from ._keys import cache_key
@@ -163,9 +170,19 @@ class SQLAlchemyCache(BaseCache):
     def _key(prompt: str, llm_string: str) -> str:
         return cache_key(_check_text("prompt", prompt), _check_text("llm_string", llm_string))
 
-    def _row(self, prompt: str, llm_string: str, return_val: object) -> sql.Row:
+    def _row(self, prompt: str, llm_string: str, return_val: object) -> sql.Row | None:
+        """The entry to store, or None (with a warning) if the value cannot be stored.
+
+        A wrong argument type raises; content that JSON cannot hold only skips caching,
+        since LangChain stores every model answer and the call itself must not fail.
+        """
         key = self._key(prompt, llm_string)
-        payload = encode_generations(validate_generations(return_val))
+        generations = validate_generations(return_val)
+        try:
+            payload = encode_generations(generations)
+        except UncacheableError as exc:
+            logger.warning("not caching this answer: %s", exc)
+            return None
         return sql.entry_row(
             key, encode_text(prompt), encode_text(llm_string), payload, time.time()
         )
@@ -196,7 +213,8 @@ class SQLAlchemyCache(BaseCache):
             TypeError: ``return_val`` is not a sequence of ``Generation`` objects.
         """
         row = self._row(prompt, llm_string, return_val)
-        self._sync.execute(sql.upsert(self._table, self._dialect, [row]))
+        if row is not None:
+            self._sync.execute(sql.upsert(self._table, self._dialect, [row]))
 
     def clear(self, **kwargs: Any) -> None:
         """Delete every entry of this cache's table."""
@@ -216,7 +234,9 @@ class SQLAlchemyCache(BaseCache):
         Raises:
             TypeError: ``return_val`` is not a sequence of ``Generation`` objects.
         """
-        await self._updates.submit(self._row(prompt, llm_string, return_val))
+        row = self._row(prompt, llm_string, return_val)
+        if row is not None:
+            await self._updates.submit(row)
 
     async def aclear(self, **kwargs: Any) -> None:
         """Async ``clear``, on the AsyncEngine."""
