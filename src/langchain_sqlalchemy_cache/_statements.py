@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Delete, Select, String, Table, any_, bindparam, delete, select
+from sqlalchemy import Delete, Select, String, Table, any_, bindparam, delete, func, select
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
@@ -21,6 +21,7 @@ Row = Mapping[str, Any]
 
 # Columns an upsert overwrites; the key is what it matches on.
 _UPDATED_COLUMNS = ("prompt", "llm_string", "payload", "updated_at", "format")
+_COLUMNS = ("key", *_UPDATED_COLUMNS)
 
 _KEY_ARRAY = postgresql.ARRAY(String(KEY_LENGTH))
 
@@ -76,13 +77,36 @@ def upsert(table: Table, dialect_name: str, rows: Iterable[Row]) -> Insert:
     """
     by_key = {row["key"]: row for row in rows}
     values = [by_key[key] for key in sorted(by_key)]
+    if dialect_name == "postgresql":
+        return _postgres_upsert(table, values)
     if dialect_name in ("mysql", "mariadb"):
         my_stmt = mysql.insert(table).values(values)
         return my_stmt.on_duplicate_key_update(
             {name: my_stmt.inserted[name] for name in _UPDATED_COLUMNS}
         )
-    insert = postgresql.insert if dialect_name == "postgresql" else sqlite.insert
-    stmt = insert(table).values(values)
+    stmt = sqlite.insert(table).values(values)
+    return stmt.on_conflict_do_update(
+        index_elements=[table.c.key],
+        set_={name: stmt.excluded[name] for name in _UPDATED_COLUMNS},
+    )
+
+
+def _postgres_upsert(table: Table, values: Sequence[Row]) -> Insert:
+    # INSERT .. SELECT FROM unnest(one array per column): the same statement text for
+    # any number of rows, so it is compiled and prepared once, not once per batch size.
+    columns = [table.c[name] for name in _COLUMNS]
+    arrays = [
+        bindparam(
+            f"{column.name}_array",
+            [row[column.name] for row in values],
+            type_=postgresql.ARRAY(column.type),
+        )
+        for column in columns
+    ]
+    rows = func.unnest(*arrays).table_valued(*_COLUMNS).render_derived()
+    stmt = postgresql.insert(table).from_select(
+        _COLUMNS, select(*(rows.c[name] for name in _COLUMNS))
+    )
     return stmt.on_conflict_do_update(
         index_elements=[table.c.key],
         set_={name: stmt.excluded[name] for name in _UPDATED_COLUMNS},
