@@ -1,0 +1,1 @@
+"""Benchmark runner for langchain-sqlalchemy-cache: `python -m benchmarks.run --help`."""
