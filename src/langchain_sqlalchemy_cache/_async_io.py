@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import Executable, Row, Table
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from ._statements import Params
 from ._table import TableReadiness, create_table
 
 
@@ -29,14 +30,14 @@ class AsyncExecutor:
                     await connection.run_sync(create_table, self._table)
                 self._readiness.ready = True
 
-    async def fetch(self, statement: Executable) -> Sequence[Row[Any]]:
+    async def fetch(self, statement: Executable, params: Params) -> Sequence[Row[Any]]:
         """Run a SELECT and return all its rows."""
         await self._ensure_table()
         async with self._sessions() as session:
-            return (await session.execute(statement)).all()
+            return (await session.execute(statement, params)).all()
 
-    async def execute(self, statement: Executable) -> None:
+    async def execute(self, statement: Executable, params: Params | None = None) -> None:
         """Run a statement that returns no rows."""
         await self._ensure_table()
         async with self._sessions() as session:
-            await session.execute(statement)
+            await session.execute(statement, params)

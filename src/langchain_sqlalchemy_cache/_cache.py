@@ -135,8 +135,8 @@ class SQLAlchemyCache(BaseCache):
             msg = f"schema must be a non-empty str or None, got {schema!r}"
             raise ConfigurationError(msg)
         self._engines: EnginePair = resolve_engines(engine, sync_engine)
-        self._dialect = self._engines.dialect_name
         self._table = cache_table(MetaData(), table_name, schema)
+        self._sql = sql.build_statements(self._table, self._engines.dialect_name)
         readiness = TableReadiness(create=create_table)
         self._async = AsyncExecutor(self._engines.async_engine, self._table, readiness)
         self._sync = SyncExecutor(self._engines.sync_engine, self._table, readiness)
@@ -188,12 +188,12 @@ class SQLAlchemyCache(BaseCache):
         )
 
     async def _fetch_payloads(self, keys: Sequence[str]) -> list[str | None]:
-        statement = sql.select_payloads(self._table, self._dialect, list(dict.fromkeys(keys)))
-        found = {row.key: row.payload for row in await self._async.fetch(statement)}
+        rows = await self._async.fetch(self._sql.lookup, self._sql.lookup_params(keys))
+        found = {row.key: row.payload for row in rows}
         return [found.get(key) for key in keys]
 
     async def _write_rows(self, rows: Sequence[sql.Row]) -> list[None]:
-        await self._async.execute(sql.upsert(self._table, self._dialect, rows))
+        await self._async.execute(self._sql.upsert, self._sql.upsert_params(rows))
         return [None] * len(rows)
 
     # Sync facade.
@@ -203,8 +203,8 @@ class SQLAlchemyCache(BaseCache):
 
         A hit is always a ``list``, as LangChain requires.
         """
-        statement = sql.select_payloads(self._table, self._dialect, [self._key(prompt, llm_string)])
-        return _first_payload(self._sync.fetch(statement))
+        params = self._sql.lookup_params([self._key(prompt, llm_string)])
+        return _first_payload(self._sync.fetch(self._sql.lookup, params))
 
     def update(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
         """Store ``return_val``, replacing any entry for (prompt, llm_string) entirely.
@@ -214,12 +214,12 @@ class SQLAlchemyCache(BaseCache):
         """
         row = self._row(prompt, llm_string, return_val)
         if row is not None:
-            self._sync.execute(sql.upsert(self._table, self._dialect, [row]))
+            self._sync.execute(self._sql.upsert, self._sql.upsert_params([row]))
 
     def clear(self, **kwargs: Any) -> None:
         """Delete every entry of this cache's table."""
         _check_clear_kwargs(kwargs)
-        self._sync.execute(sql.delete_all(self._table))
+        self._sync.execute(self._sql.delete_all)
 
     # Async core.
 
@@ -242,7 +242,7 @@ class SQLAlchemyCache(BaseCache):
         """Async ``clear``, on the AsyncEngine."""
         _check_clear_kwargs(kwargs)
         async with self._slots.get():
-            await self._async.execute(sql.delete_all(self._table))
+            await self._async.execute(self._sql.delete_all)
 
     # Lifecycle: only engines the cache created are disposed of.
 

@@ -1,15 +1,28 @@
 """Pure statement builders: every SQL statement the cache sends is made here.
 
-Nothing in this module does I/O. The async core and the sync facade execute the very
-same statement objects, so the two sides cannot drift apart.
+Nothing in this module does I/O. Statements are built once per cache, with bind
+parameters where the values go; a call only builds its parameters. The async core and
+the sync facade execute the very same statement objects with the same parameters, so
+the two sides cannot drift apart, and SQLAlchemy compiles each statement once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Delete, Select, String, Table, any_, bindparam, delete, func, select
+from sqlalchemy import (
+    Delete,
+    Select,
+    String,
+    Table,
+    any_,
+    bindparam,
+    delete,
+    func,
+    select,
+)
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
@@ -18,12 +31,12 @@ from ._keys import KEY_LENGTH
 from ._schema import FORMAT_VERSION
 
 Row = Mapping[str, Any]
+# What one execution sends: a dict of parameters, or a list of them (executemany).
+Params = dict[str, Any] | list[dict[str, Any]]
 
 # Columns an upsert overwrites; the key is what it matches on.
 _UPDATED_COLUMNS = ("prompt", "llm_string", "payload", "updated_at", "format")
 _COLUMNS = ("key", *_UPDATED_COLUMNS)
-
-_KEY_ARRAY = postgresql.ARRAY(String(KEY_LENGTH))
 
 SUPPORTED_DIALECTS = ("postgresql", "sqlite", "mysql", "mariadb")
 
@@ -53,66 +66,78 @@ def entry_row(
     }
 
 
-def select_payloads(
-    table: Table, dialect_name: str, keys: Sequence[str]
-) -> Select[tuple[str, str]]:
-    """SELECT key, payload for the given keys.
+@dataclass(frozen=True)
+class Statements:
+    """The cache's statements for one table on one dialect, and their parameters."""
 
-    On PostgreSQL the keys travel as one array parameter, so every batch size is the
-    same statement and asyncpg prepares it once per connection instead of once per size.
-    """
+    dialect_name: str
+    lookup: Select[tuple[str, str]]
+    upsert: Insert
+    delete_all: Delete
+
+    def lookup_params(self, keys: Sequence[str]) -> dict[str, Any]:
+        """Parameters of ``lookup`` for these keys (any number, duplicates allowed)."""
+        return {"keys": list(dict.fromkeys(keys))}
+
+    def upsert_params(self, rows: Iterable[Row]) -> Params:
+        """Parameters of ``upsert`` for these rows.
+
+        Rows are de-duplicated by key (the last one wins) and sorted by key, so that
+        two concurrent batches lock rows in the same order and cannot deadlock.
+        """
+        by_key = {row["key"]: row for row in rows}
+        ordered = [by_key[key] for key in sorted(by_key)]
+        if self.dialect_name == "postgresql":
+            return {f"{name}_array": [row[name] for row in ordered] for name in _COLUMNS}
+        return [dict(row) for row in ordered]
+
+
+def build_statements(table: Table, dialect_name: str) -> Statements:
+    """Build every statement the cache runs against ``table``."""
+    check_dialect(dialect_name)
+    return Statements(
+        dialect_name=dialect_name,
+        lookup=_lookup(table, dialect_name),
+        upsert=_upsert(table, dialect_name),
+        delete_all=delete(table),
+    )
+
+
+def _lookup(table: Table, dialect_name: str) -> Select[tuple[str, str]]:
     stmt = select(table.c.key, table.c.payload)
     if dialect_name == "postgresql":
-        return stmt.where(table.c.key == any_(bindparam("keys", list(keys), type_=_KEY_ARRAY)))
-    if len(keys) == 1:
-        return stmt.where(table.c.key == keys[0])
-    return stmt.where(table.c.key.in_(keys))
+        # One array parameter: the same statement text for every batch size, which
+        # asyncpg prepares once per connection.
+        keys = bindparam("keys", type_=postgresql.ARRAY(String(KEY_LENGTH)))
+        return stmt.where(table.c.key == any_(keys))
+    return stmt.where(table.c.key.in_(bindparam("keys", expanding=True)))
 
 
-def upsert(table: Table, dialect_name: str, rows: Iterable[Row]) -> Insert:
-    """One INSERT .. ON CONFLICT / ON DUPLICATE KEY UPDATE statement for all ``rows``.
-
-    Rows are de-duplicated by key (the last one wins) and sorted by key, so that
-    two concurrent multi-row upserts lock rows in the same order and cannot deadlock.
-    """
-    by_key = {row["key"]: row for row in rows}
-    values = [by_key[key] for key in sorted(by_key)]
+def _upsert(table: Table, dialect_name: str) -> Insert:
     if dialect_name == "postgresql":
-        return _postgres_upsert(table, values)
+        # INSERT .. SELECT FROM unnest(one array per column): one statement for a whole
+        # batch, whatever its size.
+        arrays = [
+            bindparam(f"{name}_array", type_=postgresql.ARRAY(table.c[name].type))
+            for name in _COLUMNS
+        ]
+        rows = func.unnest(*arrays).table_valued(*_COLUMNS).render_derived()
+        pg_stmt = postgresql.insert(table).from_select(
+            _COLUMNS, select(*(rows.c[name] for name in _COLUMNS))
+        )
+        return pg_stmt.on_conflict_do_update(
+            index_elements=[table.c.key],
+            set_={name: pg_stmt.excluded[name] for name in _UPDATED_COLUMNS},
+        )
+    # SQLite and MySQL: a single-row upsert run with executemany (the drivers loop in
+    # C; PyMySQL-style drivers fold it into one multi-row INSERT).
     if dialect_name in ("mysql", "mariadb"):
-        my_stmt = mysql.insert(table).values(values)
+        my_stmt = mysql.insert(table)
         return my_stmt.on_duplicate_key_update(
             {name: my_stmt.inserted[name] for name in _UPDATED_COLUMNS}
         )
-    stmt = sqlite.insert(table).values(values)
-    return stmt.on_conflict_do_update(
+    lite_stmt = sqlite.insert(table)
+    return lite_stmt.on_conflict_do_update(
         index_elements=[table.c.key],
-        set_={name: stmt.excluded[name] for name in _UPDATED_COLUMNS},
+        set_={name: lite_stmt.excluded[name] for name in _UPDATED_COLUMNS},
     )
-
-
-def _postgres_upsert(table: Table, values: Sequence[Row]) -> Insert:
-    # INSERT .. SELECT FROM unnest(one array per column): the same statement text for
-    # any number of rows, so it is compiled and prepared once, not once per batch size.
-    columns = [table.c[name] for name in _COLUMNS]
-    arrays = [
-        bindparam(
-            f"{column.name}_array",
-            [row[column.name] for row in values],
-            type_=postgresql.ARRAY(column.type),
-        )
-        for column in columns
-    ]
-    rows = func.unnest(*arrays).table_valued(*_COLUMNS).render_derived()
-    stmt = postgresql.insert(table).from_select(
-        _COLUMNS, select(*(rows.c[name] for name in _COLUMNS))
-    )
-    return stmt.on_conflict_do_update(
-        index_elements=[table.c.key],
-        set_={name: stmt.excluded[name] for name in _UPDATED_COLUMNS},
-    )
-
-
-def delete_all(table: Table) -> Delete:
-    """DELETE every entry."""
-    return delete(table)

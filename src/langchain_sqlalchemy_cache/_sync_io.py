@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import Engine, Executable, Row, Table
 from sqlalchemy.orm import sessionmaker
 
+from ._statements import Params
 from ._table import TableReadiness, create_table
 
 
@@ -29,14 +30,14 @@ class SyncExecutor:
                     create_table(connection, self._table)
                 self._readiness.ready = True
 
-    def fetch(self, statement: Executable) -> Sequence[Row[Any]]:
+    def fetch(self, statement: Executable, params: Params) -> Sequence[Row[Any]]:
         """Run a SELECT and return all its rows."""
         self._ensure_table()
         with self._sessions() as session:
-            return session.execute(statement).all()
+            return session.execute(statement, params).all()
 
-    def execute(self, statement: Executable) -> None:
+    def execute(self, statement: Executable, params: Params | None = None) -> None:
         """Run a statement that returns no rows."""
         self._ensure_table()
         with self._sessions() as session:
-            session.execute(statement)
+            session.execute(statement, params)
