@@ -34,10 +34,12 @@ async def test_a_lone_call_runs_alone_without_waiting_for_company() -> None:
 
 
 async def test_what_is_queued_together_runs_together() -> None:
-    recorder = Recorder()
-    results = await asyncio.gather(*(recorder.coalescer.submit(x) for x in "abc"))
-    assert results == ["A", "B", "C"]
-    assert recorder.batches == [["a", "b", "c"]]
+    recorder = Recorder(slots=5)
+    results = await asyncio.gather(*(recorder.coalescer.submit(x) for x in "abcdef"))
+    assert results == ["A", "B", "C", "D", "E", "F"]
+    # The first call found the loop idle and went at once; the rest arrived while it
+    # was in flight and share one batch, although free slots were left.
+    assert recorder.batches == [["a"], ["b", "c", "d", "e", "f"]]
 
 
 async def test_calls_queued_while_the_slot_is_busy_form_the_next_batch() -> None:
@@ -57,12 +59,14 @@ async def test_calls_queued_while_the_slot_is_busy_form_the_next_batch() -> None
 async def test_a_failing_batch_fails_only_its_own_callers() -> None:
     recorder = Recorder(slots=2, max_batch=2)
     results = await asyncio.gather(
-        *(recorder.coalescer.submit(x) for x in ["a", "bad", "c", "d"]), return_exceptions=True
+        *(recorder.coalescer.submit(x) for x in ["a", "b", "bad", "c", "d"]),
+        return_exceptions=True,
     )
-    assert isinstance(results[0], RuntimeError)
+    assert recorder.batches == [["a"], ["b", "bad"], ["c", "d"]]
+    assert results[0] == "A"
     assert isinstance(results[1], RuntimeError)
-    assert results[2:] == ["C", "D"]
-    assert recorder.batches == [["a", "bad"], ["c", "d"]]
+    assert isinstance(results[2], RuntimeError)
+    assert results[3:] == ["C", "D"]
 
 
 async def test_a_cancelled_caller_is_dropped_and_cancels_nobody_else() -> None:

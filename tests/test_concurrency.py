@@ -114,23 +114,28 @@ async def test_concurrent_lookups_share_one_select_and_get_their_own_answers(
     for key, result in zip(keys, results, strict=True):
         i = int(key[1:])
         assert result == ([Generation(text=f"answer {i}")] if i % 2 == 0 else None)
-    # 400 callers, batches of at most 500 keys: one statement.
-    assert sent == ["SELECT"]
+    # 400 callers, batches of at most 500 keys: the first caller found the loop idle and
+    # went alone, the other 399 shared one statement.
+    assert sent == ["SELECT", "SELECT"]
     # Callers asking for the same key get equal but separate objects.
     first, second = (r for k, r in zip(keys, results, strict=True) if k == "p0")
     assert first == second
     assert first is not second
 
 
-async def test_concurrent_updates_are_one_upsert_last_write_wins(acache: SQLAlchemyCache) -> None:
+async def test_concurrent_updates_share_one_upsert(acache: SQLAlchemyCache) -> None:
     await acache.alookup("warm", LLM)
     sent = count_statements(acache)
     await asyncio.gather(
         *(acache.aupdate(f"k{i % 10}", LLM, [Generation(text=str(i))]) for i in range(50))
     )
-    assert sent == ["INSERT"]
+    assert sent == ["INSERT", "INSERT"]  # the first alone, the other 49 together
     for k in range(10):
-        assert await acache.alookup(f"k{k}", LLM) == [Generation(text=str(40 + k))]
+        # Concurrent writers of one key have no order; any value written for it may win
+        # (within one batch the last one does: see test_statements.py).
+        hit = await acache.alookup(f"k{k}", LLM)
+        assert hit is not None
+        assert int(hit[0].text) % 10 == k
 
 
 async def test_coalescing_can_be_turned_off(make_cache: CacheFactory) -> None:
@@ -147,7 +152,7 @@ async def test_batches_are_chunked(make_cache: CacheFactory) -> None:
     await cache.alookup("warm", LLM)
     sent = count_statements(cache)
     await asyncio.gather(*(cache.alookup(f"p{i}", LLM) for i in range(50)))
-    assert sent == ["SELECT"] * 8  # ceil(50 / 7)
+    assert sent == ["SELECT"] * 8  # one lone call, then 49 / 7 batches
     await cache.aclose()
 
 

@@ -51,6 +51,7 @@ class PerLoop(Generic[T]):
 class _Queue(Generic[T, R]):
     waiting: list[tuple[T, asyncio.Future[R]]] = field(default_factory=list)
     draining: bool = False
+    running: int = 0
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
 
@@ -78,6 +79,14 @@ class Coalescer(Generic[T, R]):
         """Queue ``item`` and wait for its result."""
         queue = self._queues.get()
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        slots = self._slots.get()
+        if not queue.running and not queue.draining and not slots.locked():
+            # Nothing queued or in flight and a connection free: a lone call. It is its
+            # own batch at once; skipping the drain task saves an event-loop iteration.
+            # Calls that arrive while it runs queue up and share the next batch.
+            await slots.acquire()  # free, so this returns without suspending
+            self._start(queue, [(item, future)], slots)
+            return await future
         queue.waiting.append((item, future))
         if not queue.draining:
             queue.draining = True
@@ -99,7 +108,7 @@ class Coalescer(Generic[T, R]):
                 batch = [(i, f) for i, f in queue.waiting[: self._max_batch] if not f.done()]
                 del queue.waiting[: self._max_batch]
                 if batch:
-                    self._spawn(queue, self._run(batch, slots))
+                    self._start(queue, batch, slots)
                 else:
                     slots.release()
         except BaseException:
@@ -111,8 +120,20 @@ class Coalescer(Generic[T, R]):
         finally:
             queue.draining = False
 
+    def _start(
+        self,
+        queue: _Queue[T, R],
+        batch: list[tuple[T, asyncio.Future[R]]],
+        slots: asyncio.Semaphore,
+    ) -> None:
+        queue.running += 1  # counted from now, not from when the task first runs
+        self._spawn(queue, self._run(queue, batch, slots))
+
     async def _run(
-        self, batch: list[tuple[T, asyncio.Future[R]]], slots: asyncio.Semaphore
+        self,
+        queue: _Queue[T, R],
+        batch: list[tuple[T, asyncio.Future[R]]],
+        slots: asyncio.Semaphore,
     ) -> None:
         try:
             results = await self._run_batch([item for item, _ in batch])
@@ -131,4 +152,5 @@ class Coalescer(Generic[T, R]):
                 if not future.done():
                     future.set_result(result)
         finally:
+            queue.running -= 1
             slots.release()
