@@ -53,12 +53,15 @@ _MAX_UPSERT_ROWS = 100
 
 
 def _pool_capacity(pool: Pool) -> int:
-    """How many connections ``pool`` hands out at once (the bound for in-flight statements)."""
+    """How many statements to keep in flight on ``pool``: its persistent connections.
+
+    Overflow connections are opened and closed around each use, which costs more
+    than waiting a moment for a pooled one; batching makes up for the wait.
+    """
     size = getattr(pool, "size", None)
     if callable(size):
-        overflow = getattr(pool, "_max_overflow", 0)
-        return max(1, int(size()) + max(0, int(overflow)))
-    return 10  # NullPool and friends: no fixed bound; stay modest with the server
+        return max(1, int(size()))
+    return 5  # NullPool and friends: no fixed bound; stay modest with the server
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -120,9 +123,9 @@ class SQLAlchemyCache(BaseCache):
                 per call.
             max_batch_size: Most keys per batched lookup (updates: at most 100 rows).
             max_concurrency: Most async statements in flight at once per event loop;
-                defaults to what the async engine's pool can serve (pool size plus
-                overflow), so any number of concurrent callers never times out waiting
-                for a connection.
+                defaults to the async engine's pool size (its persistent connections),
+                so any number of concurrent callers never times out waiting for a
+                connection, and no overflow connection is opened and closed per call.
 
         Raises:
             ConfigurationError: The engines or URL cannot be used or paired; the
