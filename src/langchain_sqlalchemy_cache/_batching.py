@@ -18,6 +18,9 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 R = TypeVar("R")
 
+# Callers woken per event-loop iteration when a batch answers.
+_WAKE_SLICE = 8
+
 RunBatch = Callable[[Sequence[T]], Awaitable[Sequence[R]]]
 
 
@@ -147,10 +150,20 @@ class Coalescer(Generic[T, R]):
                     future.set_exception(exc)
             if not isinstance(exc, Exception):
                 raise
-        else:
-            for (_, future), result in zip(batch, results, strict=True):
-                if not future.done():
-                    future.set_result(result)
+            return
         finally:
             queue.running -= 1
             slots.release()
+        # Each woken caller decodes its answer in its own task step. Waking a whole
+        # batch at once would run all those steps in one loop iteration and stall
+        # timers and I/O for as long; waking a slice per iteration keeps the loop live.
+        for start in range(0, len(batch), _WAKE_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            for (_, future), result in zip(
+                batch[start : start + _WAKE_SLICE],
+                results[start : start + _WAKE_SLICE],
+                strict=True,
+            ):
+                if not future.done():
+                    future.set_result(result)
