@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Executable, Row, Table
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from ._statements import Params
@@ -30,14 +31,25 @@ class AsyncExecutor:
                     await connection.run_sync(create_table, self._table)
                 self._readiness.ready = True
 
+    async def _run(
+        self, statement: Executable, params: Params | None, *, rows: bool
+    ) -> Sequence[Row[Any]]:
+        await self._ensure_table()
+        for attempt in (1, 2):
+            try:
+                async with self._sessions() as session:
+                    result = await session.execute(statement, params)
+                    return result.all() if rows else ()
+            except DBAPIError as exc:
+                # See SyncExecutor._run: one retry after the server dropped the connection.
+                if attempt == 2 or not exc.connection_invalidated:
+                    raise
+        raise AssertionError("unreachable")
+
     async def fetch(self, statement: Executable, params: Params) -> Sequence[Row[Any]]:
         """Run a SELECT and return all its rows."""
-        await self._ensure_table()
-        async with self._sessions() as session:
-            return (await session.execute(statement, params)).all()
+        return await self._run(statement, params, rows=True)
 
     async def execute(self, statement: Executable, params: Params | None = None) -> None:
         """Run a statement that returns no rows."""
-        await self._ensure_table()
-        async with self._sessions() as session:
-            await session.execute(statement, params)
+        await self._run(statement, params, rows=False)

@@ -49,7 +49,8 @@ def run_demo(url: str | None, out: Any) -> None:
     """Run the demo on ``url``, or on a SQLite file in a temporary folder."""
     with tempfile.TemporaryDirectory() as folder:
         target = url or f"sqlite:///{Path(folder) / 'demo.db'}"
-        cache = SQLAlchemyCache(target, table_name=DEMO_TABLE)
+        # The demo is about the cache: a database problem should show, not be a miss.
+        cache = SQLAlchemyCache(target, table_name=DEMO_TABLE, on_error="raise")
         print(f"cache: {cache!r}", file=out)
         print(f"model: a fake chat model that takes {MODEL_LATENCY_S * 1000:.0f} ms", file=out)
         asyncio.run(_ask(cache, out))

@@ -146,7 +146,8 @@ def _create(url: URL, factory: Callable[..., _E]) -> _E:
     # AUTOCOMMIT: every cache statement is a single atomic statement, so the
     # BEGIN/COMMIT round trips around it would buy nothing.
     try:
-        engine = factory(url, isolation_level="AUTOCOMMIT")
+        # Nothing to reset on return either: no transaction is ever left open.
+        engine = factory(url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None)
     except (ImportError, NoSuchModuleError) as exc:
         driver = url.drivername.partition("+")[2]
         msg = (

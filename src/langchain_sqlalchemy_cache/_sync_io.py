@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Engine, Executable, Row, Table
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import sessionmaker
 
 from ._statements import Params
@@ -30,14 +31,28 @@ class SyncExecutor:
                     create_table(connection, self._table)
                 self._readiness.ready = True
 
+    def _run(
+        self, statement: Executable, params: Params | None, *, rows: bool
+    ) -> Sequence[Row[Any]]:
+        self._ensure_table()
+        for attempt in (1, 2):
+            try:
+                with self._sessions() as session:
+                    result = session.execute(statement, params)
+                    return result.all() if rows else ()
+            except DBAPIError as exc:
+                # A connection the server dropped (restart, idle timeout): SQLAlchemy
+                # has invalidated it, and every cache statement is idempotent, so one
+                # retry on a fresh connection hides the drop. It costs nothing until a
+                # drop happens, where a pre-ping would cost a round trip on every call.
+                if attempt == 2 or not exc.connection_invalidated:
+                    raise
+        raise AssertionError("unreachable")
+
     def fetch(self, statement: Executable, params: Params) -> Sequence[Row[Any]]:
         """Run a SELECT and return all its rows."""
-        self._ensure_table()
-        with self._sessions() as session:
-            return session.execute(statement, params).all()
+        return self._run(statement, params, rows=True)
 
     def execute(self, statement: Executable, params: Params | None = None) -> None:
         """Run a statement that returns no rows."""
-        self._ensure_table()
-        with self._sessions() as session:
-            session.execute(statement, params)
+        self._run(statement, params, rows=False)
