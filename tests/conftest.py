@@ -6,11 +6,15 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from langchain_sqlalchemy_cache import SQLAlchemyCache
+
+from .pgproxy import PgProxy
 
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 BACKENDS = ("sqlite", "postgresql")
@@ -86,3 +90,32 @@ async def acache(make_cache: CacheFactory) -> AsyncIterator[SQLAlchemyCache]:
     cache = make_cache()
     yield cache
     await cache.aclose()
+
+
+def proxied_engines(postgres_url: str, proxy: PgProxy, **async_options: Any) -> tuple[Any, Any]:
+    """An asyncpg and a psycopg engine that reach PostgreSQL through ``proxy``, TLS off."""
+    url = postgres_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    url = url.replace("localhost:5432", f"127.0.0.1:{proxy.port}")
+    async_engine = create_async_engine(
+        url.replace("postgresql://", "postgresql+asyncpg://"),
+        connect_args={"ssl": False},
+        **async_options,
+    )
+    sync_engine = create_engine(
+        url.replace("postgresql://", "postgresql+psycopg://"), connect_args={"sslmode": "disable"}
+    )
+    return async_engine, sync_engine
+
+
+@pytest.fixture
+def proxied_cache(postgres_url: str) -> Iterator[tuple[SQLAlchemyCache, PgProxy]]:
+    """A cache whose both engines reach PostgreSQL through a proxy the test controls."""
+    with PgProxy() as proxy:
+        async_engine, sync_engine = proxied_engines(postgres_url, proxy)
+        table = unique_table()
+        cache = SQLAlchemyCache(async_engine, sync_engine=sync_engine, table_name=table)
+        yield cache, proxy
+        proxy.accepting = True
+        proxy.delay = 0
+        drop_table(cache, table)
+        sync_engine.dispose()

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from langchain_core.outputs import Generation
-from sqlalchemy import create_engine, event
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from langchain_sqlalchemy_cache import SQLAlchemyCache
@@ -29,26 +27,6 @@ def count_statements(cache: SQLAlchemyCache) -> list[str]:
         lambda *args: sent.append(args[2].split()[0]),
     )
     return sent
-
-
-@pytest.fixture
-def proxied_cache(postgres_url: str) -> Iterator[tuple[SQLAlchemyCache, PgProxy]]:
-    """A cache whose both engines reach PostgreSQL through the counting proxy."""
-    with PgProxy() as proxy:
-        url = postgres_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
-        url = url.replace("localhost:5432", f"127.0.0.1:{proxy.port}")
-        async_engine = create_async_engine(
-            url.replace("postgresql://", "postgresql+asyncpg://"), connect_args={"ssl": False}
-        )
-        sync_engine = create_engine(
-            url.replace("postgresql://", "postgresql+psycopg://"),
-            connect_args={"sslmode": "disable"},
-        )
-        table = unique_table()
-        cache = SQLAlchemyCache(async_engine, sync_engine=sync_engine, table_name=table)
-        yield cache, proxy
-        drop_table(cache, table)
-        sync_engine.dispose()
 
 
 async def test_every_async_call_is_one_round_trip_on_postgres(

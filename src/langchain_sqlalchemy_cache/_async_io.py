@@ -7,8 +7,9 @@ from typing import Any
 
 from sqlalchemy import Executable, Row, Table
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from ._loops import LoopEngines, PerLoop
 from ._statements import Params
 from ._table import TableReadiness, create_table
 
@@ -16,18 +17,20 @@ from ._table import TableReadiness, create_table
 class AsyncExecutor:
     """Runs statements through short-lived ``AsyncSession``s: real async I/O, no threads."""
 
-    def __init__(self, engine: AsyncEngine, table: Table, readiness: TableReadiness) -> None:
-        self._engine = engine
+    def __init__(self, engines: LoopEngines, table: Table, readiness: TableReadiness) -> None:
+        self._engines = engines
         self._table = table
         self._readiness = readiness
-        self._sessions = async_sessionmaker(engine)
+        self._sessionmakers: PerLoop[async_sessionmaker[AsyncSession]] = PerLoop(
+            lambda: async_sessionmaker(engines.get())
+        )
 
     async def _ensure_table(self) -> None:
         if self._readiness.ready:
             return
         async with self._readiness.loop_lock():
             if not self._readiness.ready:
-                async with self._engine.connect() as connection:
+                async with self._engines.get().connect() as connection:
                     await connection.run_sync(create_table, self._table)
                 self._readiness.ready = True
 
@@ -35,9 +38,10 @@ class AsyncExecutor:
         self, statement: Executable, params: Params | None, *, rows: bool
     ) -> Sequence[Row[Any]]:
         await self._ensure_table()
+        sessions = self._sessionmakers.get()
         for attempt in (1, 2):
             try:
-                async with self._sessions() as session:
+                async with sessions() as session:
                     result = await session.execute(statement, params)
                     return result.all() if rows else ()
             except DBAPIError as exc:

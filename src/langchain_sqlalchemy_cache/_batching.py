@@ -9,11 +9,11 @@ event loop, so thousands of concurrent callers never exhaust the connection pool
 from __future__ import annotations
 
 import asyncio
-import threading
-import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
+
+from ._loops import PerLoop
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -22,32 +22,6 @@ R = TypeVar("R")
 _WAKE_SLICE = 8
 
 RunBatch = Callable[[Sequence[T]], Awaitable[Sequence[R]]]
-
-
-class PerLoop(Generic[T]):
-    """One ``T`` per running event loop, made on first use there and dropped with the loop.
-
-    asyncio primitives belong to the loop they were made on, and a cache object may be
-    used from several loops (threads each running one, repeated ``asyncio.run``).
-    """
-
-    def __init__(self, factory: Callable[[], T]) -> None:
-        self._factory = factory
-        self._lock = threading.Lock()
-        self._items: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, T] = (
-            weakref.WeakKeyDictionary()
-        )
-
-    def get(self) -> T:
-        """The ``T`` of the running event loop."""
-        loop = asyncio.get_running_loop()
-        item = self._items.get(loop)
-        if item is None:
-            with self._lock:
-                item = self._items.get(loop)
-                if item is None:
-                    item = self._items[loop] = self._factory()
-        return item
 
 
 @dataclass

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import _statements as sql
 from ._async_io import AsyncExecutor
-from ._batching import Coalescer, PerLoop
+from ._batching import Coalescer
 from ._codec import (
     UncacheableError,
     decode_generations,
@@ -26,6 +26,7 @@ from ._codec import (
 from ._engines import EnginePair, resolve_engines
 from ._errors import ConfigurationError
 from ._keys import cache_key
+from ._loops import LoopEngines, PerLoop
 from ._policy import ErrorPolicy, OnError
 from ._schema import DEFAULT_TABLE_NAME, cache_table
 from ._sync_io import SyncExecutor
@@ -155,7 +156,8 @@ class SQLAlchemyCache(BaseCache):
         self._table = cache_table(MetaData(), table_name, schema)
         self._sql = sql.build_statements(self._table, self._engines.dialect_name)
         readiness = TableReadiness(create=create_table)
-        self._async = AsyncExecutor(self._engines.async_engine, self._table, readiness)
+        self._loop_engines = LoopEngines(self._engines.async_engine)
+        self._async = AsyncExecutor(self._loop_engines, self._table, readiness)
         self._sync = SyncExecutor(self._engines.sync_engine, self._table, readiness)
         batch = _positive_int("max_batch_size", max_batch_size) if coalesce else 1
         slots = (
@@ -283,22 +285,40 @@ class SQLAlchemyCache(BaseCache):
     def close(self) -> None:
         """Dispose of the engines this cache created (engines passed in are left alone).
 
-        Async connections cannot be closed politely without an event loop, so their
-        pool is dropped; prefer ``aclose()`` in async code.
+        Async connections cannot be closed politely without their event loop, so their
+        pools are dropped; prefer ``aclose()`` in async code.
         """
-        for engine in self._engines.owned:
-            if isinstance(engine, AsyncEngine):
-                engine.sync_engine.dispose(close=False)
-            else:
-                engine.dispose()
+        for engine, _ in self._async_engines_to_dispose():
+            engine.sync_engine.dispose(close=False)
+        for owned in self._engines.owned:
+            if isinstance(owned, Engine):
+                owned.dispose()
 
     async def aclose(self) -> None:
-        """Dispose of the engines this cache created, closing async connections politely."""
-        for engine in self._engines.owned:
-            if isinstance(engine, AsyncEngine):
+        """Dispose of the engines this cache created, closing async connections politely.
+
+        Connections of the running event loop are closed; those of other loops are dropped.
+        """
+        running = asyncio.get_running_loop()
+        for engine, loop in self._async_engines_to_dispose():
+            if loop is running:
                 await engine.dispose()
             else:
-                engine.dispose()
+                engine.sync_engine.dispose(close=False)
+        for owned in self._engines.owned:
+            if isinstance(owned, Engine):
+                owned.dispose()
+
+    def _async_engines_to_dispose(
+        self,
+    ) -> list[tuple[AsyncEngine, asyncio.AbstractEventLoop | None]]:
+        # The per-loop clones are always ours; the first engine only if we created it.
+        base_owned = self._engines.async_engine in self._engines.owned
+        return [
+            (engine, loop)
+            for engine, loop in self._loop_engines.engines()
+            if engine is not self._loop_engines.base or base_owned
+        ]
 
     def __enter__(self) -> SQLAlchemyCache:
         return self

@@ -1,0 +1,227 @@
+"""Database faults, cancellation, event loops and threads: the cache never breaks the call."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from langchain_core.outputs import Generation
+from sqlalchemy import func, select
+
+from langchain_sqlalchemy_cache import CacheError, ConfigurationError, SQLAlchemyCache
+
+from .conftest import CacheFactory, drop_table, unique_table
+
+LLM = "llm"
+
+
+def value(text_: str) -> list[Generation]:
+    return [Generation(text=text_)]
+
+
+# Error policy.
+
+
+def test_on_error_must_be_miss_or_raise(tmp_path: Any) -> None:
+    with pytest.raises(ConfigurationError, match="on_error must be 'miss'"):
+        SQLAlchemyCache(f"sqlite:///{tmp_path / 'c.db'}", on_error="ignore")  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def broken_cache(make_cache: CacheFactory) -> CacheFactory:
+    """Caches on a table that does not exist: every statement fails in the database."""
+
+    def factory(**options: Any) -> SQLAlchemyCache:
+        return make_cache(table_name=unique_table(), create_table=False, **options)
+
+    return factory
+
+
+async def test_errors_are_misses_and_no_ops_by_default(
+    broken_cache: CacheFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = broken_cache()
+    with caplog.at_level(logging.WARNING, logger="langchain_sqlalchemy_cache"):
+        assert cache.lookup("p", LLM) is None
+        cache.update("p", LLM, value("x"))
+        cache.clear()
+        assert await cache.alookup("p", LLM) is None
+        await cache.aupdate("p", LLM, value("x"))
+        await cache.aclear()
+        results = await asyncio.gather(*(cache.alookup(f"p{i}", LLM) for i in range(100)))
+    assert results == [None] * 100
+    assert cache._policy.errors >= 7  # every batch that failed, each counted
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    # Rate-limited: one line per operation kind, not one per failure.
+    assert len(warnings) == 3
+    assert all("served as a miss or skipped" in r.getMessage() for r in warnings)
+    await cache.aclose()
+
+
+async def test_on_error_raise_raises_cache_error_chained_to_the_cause(
+    broken_cache: CacheFactory,
+) -> None:
+    cache = broken_cache(on_error="raise")
+    with pytest.raises(CacheError, match="lookup failed") as sync_error:
+        cache.lookup("p", LLM)
+    assert sync_error.value.__cause__ is not None
+    with pytest.raises(CacheError, match="update failed") as async_error:
+        await cache.aupdate("p", LLM, value("x"))
+    assert async_error.value.__cause__ is not None
+    with pytest.raises(CacheError, match="clear failed"):
+        await cache.aclear()
+    await cache.aclose()
+
+
+async def test_type_errors_are_not_swallowed_by_the_policy(acache: SQLAlchemyCache) -> None:
+    with pytest.raises(TypeError):
+        await acache.aupdate("p", LLM, "not generations")  # type: ignore[arg-type]
+
+
+# Event loops and threads.
+
+
+def test_alternating_asyncio_runs_on_one_cache(cache: SQLAlchemyCache) -> None:
+    for i in range(5):
+        asyncio.run(cache.aupdate("p", LLM, value(str(i))))
+        assert asyncio.run(cache.alookup("p", LLM)) == value(str(i))
+    assert cache.lookup("p", LLM) == value("4")
+
+
+def test_threads_each_running_their_own_loop_share_a_cache(cache: SQLAlchemyCache) -> None:
+    errors: list[BaseException] = []
+
+    def thread_main(t: int) -> None:
+        async def work() -> None:
+            for i in range(20):
+                await cache.aupdate(f"t{t}-{i}", LLM, value(f"{t}-{i}"))
+            results = await asyncio.gather(*(cache.alookup(f"t{t}-{i}", LLM) for i in range(20)))
+            assert results == [value(f"{t}-{i}") for i in range(20)]
+
+        try:
+            asyncio.run(work())
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=thread_main, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert errors == []
+    assert cache.lookup("t3-19", LLM) == value("3-19")
+
+
+@pytest.fixture(scope="module")
+def module_cache(postgres_url: str) -> Iterator[SQLAlchemyCache]:
+    table = unique_table()
+    cache = SQLAlchemyCache(postgres_url, table_name=table)
+    yield cache
+    drop_table(cache, table)
+    cache.close()
+
+
+async def test_module_scoped_cache_first_function_loop(module_cache: SQLAlchemyCache) -> None:
+    await module_cache.aupdate("shared", LLM, value("first loop"))
+    assert await module_cache.alookup("shared", LLM) == value("first loop")
+
+
+async def test_module_scoped_cache_second_function_loop(module_cache: SQLAlchemyCache) -> None:
+    assert await module_cache.alookup("shared", LLM) == value("first loop")
+    await module_cache.aupdate("shared", LLM, value("second loop"))
+    assert await module_cache.alookup("shared", LLM) == value("second loop")
+
+
+async def test_sync_threads_beside_async_tasks(acache: SQLAlchemyCache) -> None:
+    errors: list[BaseException] = []
+
+    def sync_worker(t: int) -> None:
+        try:
+            for i in range(10):
+                acache.update(f"s{t}-{i}", LLM, value(f"s{t}-{i}"))
+                assert acache.lookup(f"s{t}-{i}", LLM) == value(f"s{t}-{i}")
+        except BaseException as exc:
+            errors.append(exc)
+
+    async def async_worker(i: int) -> None:
+        await acache.aupdate(f"a{i}", LLM, value(f"a{i}"))
+        assert await acache.alookup(f"a{i}", LLM) == value(f"a{i}")
+
+    threads = [threading.Thread(target=sync_worker, args=(t,)) for t in range(32)]
+    for thread in threads:
+        thread.start()
+    await asyncio.gather(*(async_worker(i) for i in range(500)))
+    for thread in threads:
+        await asyncio.to_thread(thread.join, 120)
+    assert errors == []
+
+
+# Concurrent writers.
+
+
+async def test_tasks_and_threads_writing_one_new_key(acache: SQLAlchemyCache) -> None:
+    errors: list[BaseException] = []
+    written = {f"task {i}" for i in range(1000)} | {
+        f"thread {t}-{j}" for t in range(8) for j in range(20)
+    }
+
+    def thread_writer(t: int) -> None:
+        try:
+            for j in range(20):
+                acache.update("contended", LLM, value(f"thread {t}-{j}"))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=thread_writer, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    results = await asyncio.gather(
+        *(acache.aupdate("contended", LLM, value(f"task {i}")) for i in range(1000)),
+        return_exceptions=True,
+    )
+    for thread in threads:
+        await asyncio.to_thread(thread.join, 120)
+    assert errors == []
+    assert [r for r in results if r is not None] == []
+    hit = await acache.alookup("contended", LLM)
+    assert hit is not None
+    assert hit[0].text in written
+    with acache.sync_engine.connect() as connection:
+        table = acache._table
+        assert connection.execute(select(func.count()).select_from(table)).scalar() == 1
+
+
+def test_concurrent_batches_over_the_same_keys_do_not_deadlock(cache: SQLAlchemyCache) -> None:
+    keys = [f"k{i}" for i in range(50)]
+    for key in keys:
+        cache.update(key, LLM, value("initial"))
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(20)
+
+    def writer(t: int) -> None:
+        order = keys[:]
+        random.Random(t).shuffle(order)
+
+        async def batch() -> None:
+            barrier.wait()  # all 20 batches hit the database together
+            for _ in range(3):
+                await asyncio.gather(*(cache.aupdate(k, LLM, value(f"w{t}")) for k in order))
+
+        try:
+            asyncio.run(batch())
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert errors == []
+    assert cache._policy.errors == 0  # no deadlock hidden as a skipped update
+    assert all(cache.lookup(k, LLM) is not None for k in keys)
