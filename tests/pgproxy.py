@@ -93,6 +93,8 @@ class PgProxy:
         down = asyncio.ensure_future(self._pipe(server_r, client_w, delayed=True))
         try:
             await asyncio.wait([up, down], return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            pass  # the proxy is stopping
         finally:
             for task in (up, down):
                 task.cancel()

@@ -1,0 +1,147 @@
+"""PostgreSQL behind a proxy the test controls: slow replies, cut connections, a killed
+server session, a storm of cancellations. No caller ever gets another caller's answer,
+and no fault reaches the caller with on_error="miss"."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import psycopg
+from langchain_core.outputs import Generation
+
+from langchain_sqlalchemy_cache import SQLAlchemyCache
+
+from .conftest import drop_table, proxied_engines, unique_table
+from .pgproxy import PgProxy
+
+LLM = "llm"
+
+
+def value(text_: str) -> list[Generation]:
+    return [Generation(text=text_)]
+
+
+def server_sessions(postgres_url: str, proxy: PgProxy) -> list[int]:
+    """Backend pids of the sessions that came through the proxy."""
+    with psycopg.connect(postgres_url) as connection:
+        rows = connection.execute(
+            "SELECT pid FROM pg_stat_activity WHERE client_port = ANY(%s)",
+            [list(proxy.upstream_ports)],
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+async def test_a_cancelled_lookup_never_crosses_replies(
+    proxied_cache: tuple[SQLAlchemyCache, PgProxy],
+) -> None:
+    cache, proxy = proxied_cache
+    await cache.aupdate("A", LLM, value("answer A"))
+    await cache.aupdate("B", LLM, value("answer B"))
+    proxy.delay = 0.2
+    lookup_a = asyncio.ensure_future(cache.alookup("A", LLM))
+    await asyncio.sleep(0.05)  # A's query is on the wire, its reply held back
+    assert proxy.messages["S"] > 0
+    lookup_a.cancel()
+    assert await cache.alookup("B", LLM) == value("answer B")
+    proxy.delay = 0
+    assert await cache.alookup("A", LLM) == value("answer A")
+    assert await cache.alookup("B", LLM) == value("answer B")
+    await cache.async_engine.dispose()
+
+
+async def test_cancellation_storm_leaks_nothing(
+    postgres_url: str, proxied_cache: tuple[SQLAlchemyCache, PgProxy]
+) -> None:
+    cache, proxy = proxied_cache
+    for i in range(50):
+        await cache.aupdate(f"p{i}", LLM, value(str(i)))
+    proxy.delay = 0.01
+    rng = random.Random(3)
+
+    async def call_then_cancel(i: int) -> None:
+        call = (
+            cache.alookup(f"p{i % 50}", LLM)
+            if i % 3
+            else cache.aupdate(f"p{i % 50}", LLM, value(str(i % 50)))
+        )
+        task = asyncio.ensure_future(call)
+        await asyncio.sleep(rng.uniform(0, 0.05))
+        task.cancel()
+        try:
+            result = await task
+        except asyncio.CancelledError:
+            return
+        assert result is None or result == value(str(i % 50))
+
+    await asyncio.gather(*(call_then_cancel(i) for i in range(500)))
+    proxy.delay = 0
+    await asyncio.sleep(0.2)  # batches already sent finish on their own
+    pool = cache.async_engine.pool
+    assert pool.checkedout() == 0
+    assert len(server_sessions(postgres_url, proxy)) <= pool.size()  # type: ignore[attr-defined]
+    results = await asyncio.gather(*(cache.alookup(f"p{i % 50}", LLM) for i in range(1000)))
+    assert results == [value(str(i % 50)) for i in range(1000)]
+    assert cache._policy.errors == 0
+    await cache.async_engine.dispose()
+
+
+async def test_the_server_going_away_is_invisible_then_recovered(
+    proxied_cache: tuple[SQLAlchemyCache, PgProxy],
+) -> None:
+    cache, proxy = proxied_cache
+    for i in range(20):
+        await cache.aupdate(f"p{i}", LLM, value(str(i)))
+    # Every connection cut mid-load, and the server unreachable for a while.
+    load = asyncio.gather(*(cache.alookup(f"p{i % 20}", LLM) for i in range(200)))
+    await asyncio.sleep(0)
+    proxy.accepting = False
+    proxy.cut_all()
+    results = await load
+    assert all(r is None or r == value(str(i % 20)) for i, r in enumerate(results))
+    assert await cache.alookup("p1", LLM) is None  # down: a miss, not an exception
+    await cache.aupdate("p1", LLM, value("lost"))  # down: skipped, not an exception
+    assert cache.lookup("p1", LLM) is None
+    assert cache._policy.errors > 0
+    # Back: the same cache object hits again.
+    proxy.accepting = True
+    assert await cache.alookup("p2", LLM) == value("2")
+    assert cache.lookup("p3", LLM) == value("3")
+    await cache.async_engine.dispose()
+
+
+async def test_killed_server_sessions_are_replaced_without_a_miss(
+    postgres_url: str, proxied_cache: tuple[SQLAlchemyCache, PgProxy]
+) -> None:
+    cache, proxy = proxied_cache
+    await cache.aupdate("p", LLM, value("x"))
+    cache.update("q", LLM, value("y"))
+    await asyncio.gather(*(cache.alookup("p", LLM) for _ in range(20)))
+    pids = server_sessions(postgres_url, proxy)
+    assert pids
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        for pid in pids:
+            connection.execute("SELECT pg_terminate_backend(%s)", [pid])
+    # Pooled connections are dead now; one retry on a fresh connection serves the call.
+    assert await cache.alookup("p", LLM) == value("x")
+    assert cache.lookup("q", LLM) == value("y")
+    assert cache._policy.errors == 0
+    await cache.async_engine.dispose()
+
+
+async def test_no_pool_timeout_when_the_server_is_slow(postgres_url: str) -> None:
+    with PgProxy() as proxy:
+        async_engine, sync_engine = proxied_engines(
+            postgres_url, proxy, pool_size=2, max_overflow=0, pool_timeout=1
+        )
+        table = unique_table()
+        cache = SQLAlchemyCache(async_engine, sync_engine=sync_engine, table_name=table)
+        await cache.aupdate("p0", LLM, value("x"))
+        proxy.delay = 0.05  # each statement takes long enough to exhaust a pool of 2
+        results = await asyncio.gather(*(cache.alookup(f"p{i % 3}", LLM) for i in range(3000)))
+        assert results.count(value("x")) == 1000
+        assert cache._policy.errors == 0
+        proxy.delay = 0
+        drop_table(cache, table)
+        await async_engine.dispose()
+        sync_engine.dispose()
