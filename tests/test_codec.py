@@ -170,6 +170,7 @@ HOSTILE_PAYLOADS = {
     "fields not an object": json.dumps([{"class": "Generation", "fields": ["text"]}]),
     "deeply nested": "[" * 100_000 + "]" * 100_000,
     "empty": "",
+    "huge": "[" + '{"class": "Generation", "fields": {"text": 1}},' * 100_000 + "1]",
 }
 
 
