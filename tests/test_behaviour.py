@@ -108,6 +108,7 @@ ODD_TEXTS = [
     "nul\x00inside",
     "lone high \ud800 surrogate",
     "lone low \udfff surrogate",
+    "a high then a low surrogate, two code points: \ud800\udfff",
     "astral 😀🎉\U0001d54f and CJK 中文",
     "\x00",
     "",
@@ -251,7 +252,7 @@ def write_raw_payload(cache: SQLAlchemyCache, prompt: str, payload: str) -> None
     cache.update(prompt, LLM, [Generation(text="placeholder")])
     table = cache._table
     with cache.sync_engine.connect() as connection:
-        connection.execute(table.update().values(payload=payload))
+        connection.execute(table.update().values(payload=payload.encode("utf-8", "surrogatepass")))
 
 
 UNTRUSTED_PAYLOADS = {

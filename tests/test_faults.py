@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from typing import Any
 
 import psycopg
 from langchain_core.outputs import Generation
@@ -145,3 +146,33 @@ async def test_no_pool_timeout_when_the_server_is_slow(postgres_url: str) -> Non
         drop_table(cache, table)
         await async_engine.dispose()
         sync_engine.dispose()
+
+
+async def test_cancellation_storm_on_sqlite_leaks_nothing(tmp_path: Any) -> None:
+    # No proxy for a file: the queue in front of SQLite's single in-flight statement is
+    # what keeps calls waiting here, so cancellations land both in the queue and mid-batch.
+    table = unique_table()
+    cache = SQLAlchemyCache(f"sqlite:///{tmp_path / 'storm.db'}", table_name=table)
+    big = "x" * 200_000  # slow enough rows that batches take a while
+    for i in range(50):
+        await cache.aupdate(f"p{i}", LLM, value(f"{i}{big}"))
+    rng = random.Random(5)
+
+    async def call_then_cancel(i: int) -> None:
+        task = asyncio.ensure_future(cache.alookup(f"p{i % 50}", LLM))
+        await asyncio.sleep(rng.uniform(0, 0.05))
+        task.cancel()
+        try:
+            result = await task
+        except asyncio.CancelledError:
+            return
+        assert result == value(f"{i % 50}{big}")
+
+    await asyncio.gather(*(call_then_cancel(i) for i in range(500)))
+    await asyncio.sleep(0.2)
+    assert cache.async_engine.pool.checkedout() == 0
+    results = await asyncio.gather(*(cache.alookup(f"p{i % 50}", LLM) for i in range(1000)))
+    assert results == [value(f"{i % 50}{big}") for i in range(1000)]
+    assert cache._policy.errors == 0
+    drop_table(cache, table)
+    await cache.aclose()

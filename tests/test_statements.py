@@ -13,21 +13,21 @@ from langchain_sqlalchemy_cache._statements import build_statements, entry_row
 def test_upsert_params_deduplicate_last_write_wins_and_sort_by_key(dialect: str) -> None:
     statements = build_statements(cache_table(MetaData()), dialect)
     rows = [
-        entry_row("k2", None, None, "first", 1.0),
-        entry_row("k3", None, None, "x", 1.0),
-        entry_row("k1", None, None, "y", 1.0),
-        entry_row("k2", None, None, "last", 2.0),
+        entry_row("k2", None, None, b"first", 1.0),
+        entry_row("k3", None, None, b"x", 1.0),
+        entry_row("k1", None, None, b"y", 1.0),
+        entry_row("k2", None, None, b"last", 2.0),
     ]
     params = statements.upsert_params(rows)
     if dialect == "postgresql":
         assert isinstance(params, dict)
         assert params["key_array"] == ["k1", "k2", "k3"]
-        assert params["payload_array"] == ["y", "last", "x"]
+        assert params["payload_array"] == [b"y", b"last", b"x"]
         assert params["updated_at_array"] == [1.0, 2.0, 1.0]
     else:
         assert isinstance(params, list)
         assert [p["key"] for p in params] == ["k1", "k2", "k3"]
-        assert [p["payload"] for p in params] == ["y", "last", "x"]
+        assert [p["payload"] for p in params] == [b"y", b"last", b"x"]
 
 
 def test_lookup_params_send_each_key_once() -> None:

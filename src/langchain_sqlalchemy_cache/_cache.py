@@ -166,7 +166,7 @@ class SQLAlchemyCache(BaseCache):
             else _positive_int("max_concurrency", max_concurrency)
         )
         self._slots: PerLoop[asyncio.Semaphore] = PerLoop(lambda: asyncio.Semaphore(slots))
-        self._lookups: Coalescer[str, str | None] = Coalescer(
+        self._lookups: Coalescer[str, bytes | None] = Coalescer(
             self._fetch_payloads, max_batch=batch, slots=self._slots
         )
         self._updates: Coalescer[sql.Row, None] = Coalescer(
@@ -206,7 +206,7 @@ class SQLAlchemyCache(BaseCache):
             key, encode_text(prompt), encode_text(llm_string), payload, time.time()
         )
 
-    async def _fetch_payloads(self, keys: Sequence[str]) -> list[str | None]:
+    async def _fetch_payloads(self, keys: Sequence[str]) -> list[bytes | None]:
         rows = await self._async.fetch(self._sql.lookup, self._sql.lookup_params(keys))
         found = {row.key: row.payload for row in rows}
         return [found.get(key) for key in keys]

@@ -1,6 +1,6 @@
 """Encoding generations into row payloads and back, under an explicit allowlist.
 
-A payload is an ASCII JSON array with one entry per generation:
+A payload is a JSON array, stored as UTF-8 bytes, with one entry per generation:
 ``{"class": "ChatGeneration", "fields": {...}, "message": {"class": "AIMessage",
 "fields": {...}}}`` (``message`` only for chat generations). Decoding builds nothing
 but the classes named in the two allowlists below, validated by their own pydantic
@@ -116,8 +116,13 @@ def _entry(generation: Generation) -> dict[str, Any]:
     }
 
 
-def encode_generations(generations: Sequence[Generation]) -> str:
-    """Serialize generations as an ASCII JSON array (NUL and lone surrogates escaped).
+def encode_generations(generations: Sequence[Generation]) -> bytes:
+    """Serialize generations as a JSON array in UTF-8 bytes.
+
+    Bytes, not text: a str may hold lone surrogates, which no text column stores, and
+    JSON's ``uXXXX`` escapes cannot carry them either (a decoder joins an escaped high
+    and low surrogate into one character). Written unescaped with ``surrogatepass``,
+    every str comes back exactly. JSON escapes NUL itself.
 
     Raises:
         UncacheableError: A generation is of a class outside the allowlist, or holds a
@@ -125,9 +130,10 @@ def encode_generations(generations: Sequence[Generation]) -> str:
     """
     entries = [_entry(generation) for generation in generations]
     try:
-        return json.dumps(entries, allow_nan=False)
+        text = json.dumps(entries, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise UncacheableError(f"the generations hold a value JSON cannot store: {exc}") from exc
+    return text.encode("utf-8", "surrogatepass")
 
 
 def _fields(container: dict[str, Any]) -> dict[str, Any]:
@@ -148,10 +154,13 @@ def _decode_entry(entry: Any) -> Generation:
     return cls.model_validate(fields)
 
 
-def decode_generations(payload: str) -> list[Generation] | None:
+def decode_generations(payload: bytes | str) -> list[Generation] | None:
     """Rebuild the generations of a row, or return None (a miss) if the row is unusable."""
     try:
-        entries = json.loads(payload)
+        text = (
+            payload if isinstance(payload, str) else bytes(payload).decode("utf-8", "surrogatepass")
+        )
+        entries = json.loads(text)
         if not isinstance(entries, list):
             msg = f"a payload is a JSON array, got {type(entries).__name__}"
             raise TypeError(msg)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Float, MetaData, SmallInteger, String, Table, Text
+from sqlalchemy import Column, Float, LargeBinary, MetaData, SmallInteger, String, Table, Text
 from sqlalchemy.dialects import mysql
 
 from ._keys import KEY_LENGTH
@@ -15,6 +15,7 @@ FORMAT_VERSION = 1
 
 # MySQL's TEXT stops at 64 KiB; prompts and generations routinely exceed it.
 _LONG_TEXT = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+_LONG_BYTES = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
 
 
 def cache_table(
@@ -26,7 +27,7 @@ def cache_table(
         key: hex SHA-256 of (llm_string, prompt), the primary key.
         prompt / llm_string: the inputs as JSON string literals (ASCII, so NUL and lone
             surrogates are storable everywhere); kept for inspection and maintenance.
-        payload: the generations as an ASCII JSON array of LangChain-serialized objects.
+        payload: the generations as a JSON array in UTF-8 bytes (see ``_codec``).
         updated_at: UNIX time of the last write.
         format: the payload format version.
     """
@@ -36,7 +37,7 @@ def cache_table(
         Column("key", String(KEY_LENGTH), primary_key=True),
         Column("prompt", _LONG_TEXT, nullable=True),
         Column("llm_string", _LONG_TEXT, nullable=True),
-        Column("payload", _LONG_TEXT, nullable=False),
+        Column("payload", _LONG_BYTES, nullable=False),
         Column("updated_at", Float, nullable=False),
         Column("format", SmallInteger, nullable=False, default=FORMAT_VERSION),
         schema=schema,

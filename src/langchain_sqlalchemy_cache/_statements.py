@@ -53,7 +53,7 @@ def check_dialect(dialect_name: str) -> None:
 
 
 def entry_row(
-    key: str, prompt: str | None, llm_string: str | None, payload: str, now: float
+    key: str, prompt: str | None, llm_string: str | None, payload: bytes, now: float
 ) -> Row:
     """Return the column values of one cache entry."""
     return {
