@@ -29,7 +29,7 @@ INSERT INTO {table} (key, prompt, llm_string, payload, updated_at, format)
 SELECT encode(sha256(('bench-filler-' || i)::text::bytea), 'hex'),
        '"filler prompt ' || i || '"',
        '"filler llm_string"',
-       '[' || repeat('"' || md5(i::text) || '", ', 6) || '0]',
+       convert_to('[' || repeat('"' || md5(i::text) || '", ', 6) || '0]', 'UTF8'),
        extract(epoch FROM now()),
        1
 FROM generate_series(1, :count) AS i

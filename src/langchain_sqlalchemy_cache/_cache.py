@@ -175,7 +175,7 @@ class SQLAlchemyCache(BaseCache):
 
     @property
     def async_engine(self) -> AsyncEngine:
-        """The engine the async methods run on."""
+        """The engine the async methods run on (other event loops get a clone of it)."""
         return self._engines.async_engine
 
     @property
@@ -183,7 +183,7 @@ class SQLAlchemyCache(BaseCache):
         """The engine the sync methods run on."""
         return self._engines.sync_engine
 
-    # Statement building: pure, shared by both sides.
+    # What both sides share: keys, rows, and the batch functions of the coalescers.
 
     @staticmethod
     def _key(prompt: str, llm_string: str) -> str:
