@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -119,3 +120,26 @@ def proxied_cache(postgres_url: str) -> Iterator[tuple[SQLAlchemyCache, PgProxy]
         proxy.delay = 0
         drop_table(cache, table)
         sync_engine.dispose()
+
+
+def start_threads(target: Callable[[int], object], count: int) -> Callable[[], list[BaseException]]:
+    """Start ``target(0)`` .. ``target(count - 1)`` in threads; return a join that lists
+    what they raised (call it via ``asyncio.to_thread`` from async code)."""
+    errors: list[BaseException] = []
+
+    def guarded(i: int) -> None:
+        try:
+            target(i)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+
+    def join() -> list[BaseException]:
+        for thread in threads:
+            thread.join(120)
+        return errors
+
+    return join

@@ -16,7 +16,7 @@ from sqlalchemy import Column, MetaData, String, Table, Text, event, insert, tex
 
 from langchain_sqlalchemy_cache import SQLAlchemyCache
 
-from .conftest import CacheFactory
+from .conftest import CacheFactory, start_threads
 from .test_codec import HOSTILE_PAYLOADS
 
 LLM = '{"model": "fake", "temperature": 0}---[("stop", None)]'
@@ -160,23 +160,14 @@ def test_sync_and_async_share_one_table(cache: SQLAlchemyCache) -> None:
 
 
 def test_concurrent_threads_writing_one_new_key(cache: SQLAlchemyCache) -> None:
-    errors: list[BaseException] = []
     barrier = threading.Barrier(16)
 
     def writer(i: int) -> None:
-        try:
-            barrier.wait()
-            for j in range(20):
-                cache.update("new key", LLM, [Generation(text=f"{i}-{j}")])
-        except BaseException as exc:
-            errors.append(exc)
+        barrier.wait()
+        for j in range(20):
+            cache.update("new key", LLM, [Generation(text=f"{i}-{j}")])
 
-    threads = [threading.Thread(target=writer, args=(i,)) for i in range(16)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    assert start_threads(writer, 16)() == []
     hit = cache.lookup("new key", LLM)
     assert hit is not None
     assert len(hit) == 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
@@ -33,6 +34,25 @@ def server_sessions(postgres_url: str, proxy: PgProxy) -> list[int]:
     return [row[0] for row in rows]
 
 
+async def cancellation_storm(
+    call: Callable[[int], Awaitable[Any]], expected: Callable[[int], Any], seed: int
+) -> None:
+    """500 calls, each cancelled after a random 0-50 ms; those that finish are right."""
+    rng = random.Random(seed)
+
+    async def call_then_cancel(i: int) -> None:
+        task = asyncio.ensure_future(call(i))
+        await asyncio.sleep(rng.uniform(0, 0.05))
+        task.cancel()
+        try:
+            result = await task
+        except asyncio.CancelledError:
+            return
+        assert result is None or result == expected(i)
+
+    await asyncio.gather(*(call_then_cancel(i) for i in range(500)))
+
+
 async def test_a_cancelled_lookup_never_crosses_replies(
     proxied_cache: tuple[SQLAlchemyCache, PgProxy],
 ) -> None:
@@ -58,24 +78,15 @@ async def test_cancellation_storm_leaks_nothing(
     for i in range(50):
         await cache.aupdate(f"p{i}", LLM, value(str(i)))
     proxy.delay = 0.01
-    rng = random.Random(3)
-
-    async def call_then_cancel(i: int) -> None:
-        call = (
+    await cancellation_storm(
+        lambda i: (
             cache.alookup(f"p{i % 50}", LLM)
             if i % 3
             else cache.aupdate(f"p{i % 50}", LLM, value(str(i % 50)))
-        )
-        task = asyncio.ensure_future(call)
-        await asyncio.sleep(rng.uniform(0, 0.05))
-        task.cancel()
-        try:
-            result = await task
-        except asyncio.CancelledError:
-            return
-        assert result is None or result == value(str(i % 50))
-
-    await asyncio.gather(*(call_then_cancel(i) for i in range(500)))
+        ),
+        lambda i: value(str(i % 50)),
+        seed=3,
+    )
     proxy.delay = 0
     await asyncio.sleep(0.2)  # batches already sent finish on their own
     pool = cache.async_engine.pool
@@ -156,19 +167,9 @@ async def test_cancellation_storm_on_sqlite_leaks_nothing(tmp_path: Any) -> None
     big = "x" * 200_000  # slow enough rows that batches take a while
     for i in range(50):
         await cache.aupdate(f"p{i}", LLM, value(f"{i}{big}"))
-    rng = random.Random(5)
-
-    async def call_then_cancel(i: int) -> None:
-        task = asyncio.ensure_future(cache.alookup(f"p{i % 50}", LLM))
-        await asyncio.sleep(rng.uniform(0, 0.05))
-        task.cancel()
-        try:
-            result = await task
-        except asyncio.CancelledError:
-            return
-        assert result == value(f"{i % 50}{big}")
-
-    await asyncio.gather(*(call_then_cancel(i) for i in range(500)))
+    await cancellation_storm(
+        lambda i: cache.alookup(f"p{i % 50}", LLM), lambda i: value(f"{i % 50}{big}"), seed=5
+    )
     await asyncio.sleep(0.2)
     assert cache.async_engine.pool.checkedout() == 0
     results = await asyncio.gather(*(cache.alookup(f"p{i % 50}", LLM) for i in range(1000)))

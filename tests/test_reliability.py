@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 
 from langchain_sqlalchemy_cache import CacheError, ConfigurationError, SQLAlchemyCache
 
-from .conftest import CacheFactory, drop_table, unique_table
+from .conftest import CacheFactory, drop_table, start_threads, unique_table
 
 LLM = "llm"
 
@@ -94,8 +94,6 @@ def test_alternating_asyncio_runs_on_one_cache(cache: SQLAlchemyCache) -> None:
 
 
 def test_threads_each_running_their_own_loop_share_a_cache(cache: SQLAlchemyCache) -> None:
-    errors: list[BaseException] = []
-
     def thread_main(t: int) -> None:
         async def work() -> None:
             for i in range(20):
@@ -103,17 +101,9 @@ def test_threads_each_running_their_own_loop_share_a_cache(cache: SQLAlchemyCach
             results = await asyncio.gather(*(cache.alookup(f"t{t}-{i}", LLM) for i in range(20)))
             assert results == [value(f"{t}-{i}") for i in range(20)]
 
-        try:
-            asyncio.run(work())
-        except BaseException as exc:
-            errors.append(exc)
+        asyncio.run(work())
 
-    threads = [threading.Thread(target=thread_main, args=(t,)) for t in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    assert errors == []
+    assert start_threads(thread_main, 4)() == []
     assert cache.lookup("t3-19", LLM) == value("3-19")
 
 
@@ -138,55 +128,38 @@ async def test_module_scoped_cache_second_function_loop(module_cache: SQLAlchemy
 
 
 async def test_sync_threads_beside_async_tasks(acache: SQLAlchemyCache) -> None:
-    errors: list[BaseException] = []
-
     def sync_worker(t: int) -> None:
-        try:
-            for i in range(10):
-                acache.update(f"s{t}-{i}", LLM, value(f"s{t}-{i}"))
-                assert acache.lookup(f"s{t}-{i}", LLM) == value(f"s{t}-{i}")
-        except BaseException as exc:
-            errors.append(exc)
+        for i in range(10):
+            acache.update(f"s{t}-{i}", LLM, value(f"s{t}-{i}"))
+            assert acache.lookup(f"s{t}-{i}", LLM) == value(f"s{t}-{i}")
 
     async def async_worker(i: int) -> None:
         await acache.aupdate(f"a{i}", LLM, value(f"a{i}"))
         assert await acache.alookup(f"a{i}", LLM) == value(f"a{i}")
 
-    threads = [threading.Thread(target=sync_worker, args=(t,)) for t in range(32)]
-    for thread in threads:
-        thread.start()
+    join = start_threads(sync_worker, 32)
     await asyncio.gather(*(async_worker(i) for i in range(500)))
-    for thread in threads:
-        await asyncio.to_thread(thread.join, 120)
-    assert errors == []
+    assert await asyncio.to_thread(join) == []
 
 
 # Concurrent writers.
 
 
 async def test_tasks_and_threads_writing_one_new_key(acache: SQLAlchemyCache) -> None:
-    errors: list[BaseException] = []
     written = {f"task {i}" for i in range(1000)} | {
         f"thread {t}-{j}" for t in range(8) for j in range(20)
     }
 
     def thread_writer(t: int) -> None:
-        try:
-            for j in range(20):
-                acache.update("contended", LLM, value(f"thread {t}-{j}"))
-        except BaseException as exc:
-            errors.append(exc)
+        for j in range(20):
+            acache.update("contended", LLM, value(f"thread {t}-{j}"))
 
-    threads = [threading.Thread(target=thread_writer, args=(t,)) for t in range(8)]
-    for thread in threads:
-        thread.start()
+    join = start_threads(thread_writer, 8)
     results = await asyncio.gather(
         *(acache.aupdate("contended", LLM, value(f"task {i}")) for i in range(1000)),
         return_exceptions=True,
     )
-    for thread in threads:
-        await asyncio.to_thread(thread.join, 120)
-    assert errors == []
+    assert await asyncio.to_thread(join) == []
     assert [r for r in results if r is not None] == []
     hit = await acache.alookup("contended", LLM)
     assert hit is not None
@@ -200,7 +173,6 @@ def test_concurrent_batches_over_the_same_keys_do_not_deadlock(cache: SQLAlchemy
     keys = [f"k{i}" for i in range(50)]
     for key in keys:
         cache.update(key, LLM, value("initial"))
-    errors: list[BaseException] = []
     barrier = threading.Barrier(20)
 
     def writer(t: int) -> None:
@@ -212,16 +184,8 @@ def test_concurrent_batches_over_the_same_keys_do_not_deadlock(cache: SQLAlchemy
             for _ in range(3):
                 await asyncio.gather(*(cache.aupdate(k, LLM, value(f"w{t}")) for k in order))
 
-        try:
-            asyncio.run(batch())
-        except BaseException as exc:
-            errors.append(exc)
+        asyncio.run(batch())
 
-    threads = [threading.Thread(target=writer, args=(t,)) for t in range(20)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    assert errors == []
+    assert start_threads(writer, 20)() == []
     assert cache._policy.errors == 0  # no deadlock hidden as a skipped update
     assert all(cache.lookup(k, LLM) is not None for k in keys)
