@@ -32,4 +32,10 @@ def test_upsert_params_deduplicate_last_write_wins_and_sort_by_key(dialect: str)
 
 def test_lookup_params_send_each_key_once() -> None:
     statements = build_statements(cache_table(MetaData()), "sqlite")
-    assert statements.lookup_params(["b", "a", "b", "c", "a"]) == {"keys": ["b", "a", "c"]}
+    assert statements.lookup_params(["b", "a", "b", "c", "a"], 0.0) == {"keys": ["b", "a", "c"]}
+
+
+def test_lookup_with_a_ttl_sees_only_fresh_entries() -> None:
+    statements = build_statements(cache_table(MetaData()), "postgresql", ttl=60.0)
+    assert statements.lookup_params(["a"], 1000.0) == {"keys": ["a"], "fresh_since": 940.0}
+    assert "updated_at >=" in str(statements.lookup)

@@ -36,14 +36,16 @@ class AsyncExecutor:
 
     async def _run(
         self, statement: Executable, params: Params | None, *, rows: bool
-    ) -> Sequence[Row[Any]]:
+    ) -> tuple[Sequence[Row[Any]], int]:
         await self._ensure_table()
         sessions = self._sessionmakers.get()
         for attempt in (1, 2):
             try:
                 async with sessions() as session:
                     result = await session.execute(statement, params)
-                    return result.all() if rows else ()
+                    if rows:
+                        return result.all(), -1
+                    return (), int(getattr(result, "rowcount", -1))
             except DBAPIError as exc:
                 # See SyncExecutor._run: one retry after the server dropped the connection.
                 if attempt == 2 or not exc.connection_invalidated:
@@ -52,8 +54,8 @@ class AsyncExecutor:
 
     async def fetch(self, statement: Executable, params: Params) -> Sequence[Row[Any]]:
         """Run a SELECT and return all its rows."""
-        return await self._run(statement, params, rows=True)
+        return (await self._run(statement, params, rows=True))[0]
 
-    async def execute(self, statement: Executable, params: Params | None = None) -> None:
-        """Run a statement that returns no rows."""
-        await self._run(statement, params, rows=False)
+    async def execute(self, statement: Executable, params: Params | None = None) -> int:
+        """Run a statement that returns no rows; return how many rows it changed."""
+        return (await self._run(statement, params, rows=False))[1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from datetime import timedelta
 from types import TracebackType
 from typing import Any
 
@@ -40,10 +41,27 @@ def _check_text(name: str, value: object) -> str:
     return value
 
 
-def _check_clear_kwargs(kwargs: dict[str, Any]) -> None:
-    if kwargs:
-        msg = f"clear() got unexpected keyword arguments: {', '.join(sorted(kwargs))}"
+def _seconds(name: str, value: object) -> float:
+    """A positive duration given as seconds or a ``timedelta``, in seconds."""
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+        msg = f"{name} must be a positive number of seconds or a timedelta, got {value!r}"
+        raise ConfigurationError(msg)
+    return float(seconds)
+
+
+def _older_than_cutoff(kwargs: dict[str, Any]) -> float | None:
+    """The ``clear()`` filter: None for everything, else the UNIX time entries must predate."""
+    unknown = set(kwargs) - {"older_than"}
+    if unknown:
+        msg = f"clear() got unexpected keyword arguments: {', '.join(sorted(unknown))}"
         raise TypeError(msg)
+    if "older_than" not in kwargs:
+        return None
+    try:
+        return time.time() - _seconds("older_than", kwargs["older_than"])
+    except ConfigurationError as exc:
+        raise TypeError(str(exc)) from None
 
 
 def _first_payload(rows: Sequence[Row[Any]]) -> RETURN_VAL_TYPE | None:
@@ -52,6 +70,8 @@ def _first_payload(rows: Sequence[Row[Any]]) -> RETURN_VAL_TYPE | None:
 
 # Rows per multi-row upsert: each row is 6 parameters, and rows can be megabytes.
 _MAX_UPSERT_ROWS = 100
+# Rows per DELETE when purging expired entries.
+PURGE_BATCH_ROWS = 1000
 
 
 def _default_concurrency(engines: EnginePair) -> int:
@@ -110,6 +130,7 @@ class SQLAlchemyCache(BaseCache):
         max_batch_size: int = 500,
         max_concurrency: int | None = None,
         on_error: OnError = "miss",
+        ttl: float | timedelta | None = None,
     ) -> None:
         """Open a cache on a database.
 
@@ -129,6 +150,9 @@ class SQLAlchemyCache(BaseCache):
                 updates with one multi-row upsert. Nothing waits for company: a batch is
                 whatever is queued when a connection is free. False sends one statement
                 per call.
+            ttl: Seconds (or a ``timedelta``) an entry stays valid after it was written;
+                an older entry is a miss. ``purge_expired()`` deletes them. None (the
+                default): entries never expire.
             on_error: ``"miss"`` (default): a database or driver error makes a lookup a
                 miss and an update or clear a no-op, logged (at most once per 10 s per
                 operation) and counted, so a broken cache never breaks the LLM call.
@@ -154,7 +178,8 @@ class SQLAlchemyCache(BaseCache):
         self._policy = ErrorPolicy(on_error)
         self._engines: EnginePair = resolve_engines(engine, sync_engine)
         self._table = cache_table(MetaData(), table_name, schema)
-        self._sql = sql.build_statements(self._table, self._engines.dialect_name)
+        self._ttl = None if ttl is None else _seconds("ttl", ttl)
+        self._sql = sql.build_statements(self._table, self._engines.dialect_name, self._ttl)
         readiness = TableReadiness(create=create_table)
         self._loop_engines = LoopEngines(self._engines.async_engine)
         self._async = AsyncExecutor(self._loop_engines, self._table, readiness)
@@ -207,7 +232,8 @@ class SQLAlchemyCache(BaseCache):
         )
 
     async def _fetch_payloads(self, keys: Sequence[str]) -> list[bytes | None]:
-        rows = await self._async.fetch(self._sql.lookup, self._sql.lookup_params(keys))
+        params = self._sql.lookup_params(keys, time.time())
+        rows = await self._async.fetch(self._sql.lookup, params)
         found = {row.key: row.payload for row in rows}
         return [found.get(key) for key in keys]
 
@@ -222,7 +248,7 @@ class SQLAlchemyCache(BaseCache):
 
         A hit is always a ``list``, as LangChain requires.
         """
-        params = self._sql.lookup_params([self._key(prompt, llm_string)])
+        params = self._sql.lookup_params([self._key(prompt, llm_string)], time.time())
         with self._policy.guard("lookup"):
             return _first_payload(self._sync.fetch(self._sql.lookup, params))
         return None
@@ -239,14 +265,47 @@ class SQLAlchemyCache(BaseCache):
                 self._sync.execute(self._sql.upsert, self._sql.upsert_params([row]))
 
     def clear(self, **kwargs: Any) -> None:
-        """Delete every entry of this cache's table.
+        """Delete every entry of this cache's table, or only the old ones.
+
+        Args:
+            **kwargs: ``older_than``: seconds or a ``timedelta``; only entries written
+                longer ago than that are deleted.
 
         Raises:
-            TypeError: An unknown keyword argument was given.
+            TypeError: An unknown keyword argument or a bad ``older_than`` was given.
         """
-        _check_clear_kwargs(kwargs)
+        cutoff = _older_than_cutoff(kwargs)
         with self._policy.guard("clear"):
-            self._sync.execute(self._sql.delete_all)
+            if cutoff is None:
+                self._sync.execute(self._sql.delete_all)
+            else:
+                self._sync.execute(self._sql.delete_older, self._sql.older_params(cutoff))
+
+    def purge_expired(self) -> int:
+        """Delete the entries older than ``ttl``, at most 1000 rows per statement.
+
+        Returns:
+            How many entries were deleted.
+
+        Raises:
+            ConfigurationError: The cache has no ``ttl``.
+        """
+        cutoff = self._purge_cutoff()
+        deleted = 0
+        with self._policy.guard("purge"):
+            while True:
+                params = self._sql.older_params(cutoff, PURGE_BATCH_ROWS)
+                count = self._sync.execute(self._sql.purge_batch, params)
+                deleted += count
+                if count < PURGE_BATCH_ROWS:
+                    break
+        return deleted
+
+    def _purge_cutoff(self) -> float:
+        if self._ttl is None:
+            msg = "purge_expired() needs a cache made with ttl=...; use clear(older_than=...)"
+            raise ConfigurationError(msg)
+        return time.time() - self._ttl
 
     # Async core.
 
@@ -270,15 +329,40 @@ class SQLAlchemyCache(BaseCache):
                 await self._updates.submit(row)
 
     async def aclear(self, **kwargs: Any) -> None:
-        """Async ``clear``, on the AsyncEngine.
+        """Async ``clear``, on the AsyncEngine; takes the same ``older_than``.
 
         Raises:
-            TypeError: An unknown keyword argument was given.
+            TypeError: An unknown keyword argument or a bad ``older_than`` was given.
         """
-        _check_clear_kwargs(kwargs)
+        cutoff = _older_than_cutoff(kwargs)
         with self._policy.guard("clear"):
             async with self._slots.get():
-                await self._async.execute(self._sql.delete_all)
+                if cutoff is None:
+                    await self._async.execute(self._sql.delete_all)
+                else:
+                    params = self._sql.older_params(cutoff)
+                    await self._async.execute(self._sql.delete_older, params)
+
+    async def apurge_expired(self) -> int:
+        """Async ``purge_expired``, on the AsyncEngine.
+
+        Returns:
+            How many entries were deleted.
+
+        Raises:
+            ConfigurationError: The cache has no ``ttl``.
+        """
+        cutoff = self._purge_cutoff()
+        deleted = 0
+        with self._policy.guard("purge"):
+            while True:
+                params = self._sql.older_params(cutoff, PURGE_BATCH_ROWS)
+                async with self._slots.get():
+                    count = await self._async.execute(self._sql.purge_batch, params)
+                deleted += count
+                if count < PURGE_BATCH_ROWS:
+                    break
+        return deleted
 
     # Lifecycle: only engines the cache created are disposed of.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from sqlalchemy import URL
 
@@ -29,6 +30,7 @@ class SQLiteCache(SQLAlchemyCache):
         *,
         table_name: str = DEFAULT_TABLE_NAME,
         create_table: bool = True,
+        **options: Any,
     ) -> None:
         """Open (and create if needed) the SQLite file at ``database_path``.
 
@@ -36,6 +38,8 @@ class SQLiteCache(SQLAlchemyCache):
             database_path: Path of the database file.
             table_name: Name of the cache table.
             create_table: Create the table (if missing) before first use.
+            **options: Any other keyword option of ``SQLAlchemyCache`` (``ttl``,
+                ``on_error``, ``coalesce``, ...).
 
         Raises:
             ConfigurationError: The path is ``:memory:`` or empty (see the message for
@@ -46,4 +50,4 @@ class SQLiteCache(SQLAlchemyCache):
             msg = f"database_path must be a str or path, got {type(database_path).__name__}"
             raise ConfigurationError(msg)
         url = URL.create("sqlite", database=path)
-        super().__init__(url, table_name=table_name, create_table=create_table)
+        super().__init__(url, table_name=table_name, create_table=create_table, **options)

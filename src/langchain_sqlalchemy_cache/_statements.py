@@ -71,13 +71,27 @@ class Statements:
     """The cache's statements for one table on one dialect, and their parameters."""
 
     dialect_name: str
+    ttl: float | None
     lookup: Select[tuple[str, str]]
     upsert: Insert
     delete_all: Delete
+    delete_older: Delete
+    purge_batch: Delete
 
-    def lookup_params(self, keys: Sequence[str]) -> dict[str, Any]:
+    def lookup_params(self, keys: Sequence[str], now: float) -> dict[str, Any]:
         """Parameters of ``lookup`` for these keys (any number, duplicates allowed)."""
-        return {"keys": list(dict.fromkeys(keys))}
+        params: dict[str, Any] = {"keys": list(dict.fromkeys(keys))}
+        if self.ttl is not None:
+            params["fresh_since"] = now - self.ttl
+        return params
+
+    @staticmethod
+    def older_params(cutoff: float, limit: int | None = None) -> dict[str, Any]:
+        """Parameters of ``delete_older`` (and, with ``limit``, of ``purge_batch``)."""
+        params: dict[str, Any] = {"cutoff": cutoff}
+        if limit is not None:
+            params["limit"] = limit
+        return params
 
     def upsert_params(self, rows: Iterable[Row]) -> Params:
         """Parameters of ``upsert`` for these rows.
@@ -92,19 +106,37 @@ class Statements:
         return [dict(row) for row in ordered]
 
 
-def build_statements(table: Table, dialect_name: str) -> Statements:
-    """Build every statement the cache runs against ``table``."""
+def build_statements(table: Table, dialect_name: str, ttl: float | None = None) -> Statements:
+    """Build every statement the cache runs against ``table``.
+
+    With a ``ttl``, a lookup only sees entries written at or after ``fresh_since``.
+    """
     check_dialect(dialect_name)
+    older = table.c.updated_at < bindparam("cutoff")
     return Statements(
         dialect_name=dialect_name,
-        lookup=_lookup(table, dialect_name),
+        ttl=ttl,
+        lookup=_lookup(table, dialect_name, with_ttl=ttl is not None),
         upsert=_upsert(table, dialect_name),
         delete_all=delete(table),
+        delete_older=delete(table).where(older),
+        purge_batch=_purge_batch(table, dialect_name, older),
     )
 
 
-def _lookup(table: Table, dialect_name: str) -> Select[tuple[str, str]]:
+def _purge_batch(table: Table, dialect_name: str, older: Any) -> Delete:
+    # At most :limit rows per statement, so a purge never holds long locks or a huge
+    # transaction. MySQL rejects LIMIT inside an IN subquery but has DELETE .. LIMIT.
+    if dialect_name in ("mysql", "mariadb"):
+        return delete(table).where(older).with_dialect_options(mysql_limit=bindparam("limit"))
+    victims = select(table.c.key).where(older).limit(bindparam("limit")).scalar_subquery()
+    return delete(table).where(table.c.key.in_(victims))
+
+
+def _lookup(table: Table, dialect_name: str, *, with_ttl: bool) -> Select[tuple[str, str]]:
     stmt = select(table.c.key, table.c.payload)
+    if with_ttl:
+        stmt = stmt.where(table.c.updated_at >= bindparam("fresh_since"))
     if dialect_name == "postgresql":
         # One array parameter: the same statement text for every batch size, which
         # asyncpg prepares once per connection.

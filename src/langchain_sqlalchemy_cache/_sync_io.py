@@ -33,13 +33,15 @@ class SyncExecutor:
 
     def _run(
         self, statement: Executable, params: Params | None, *, rows: bool
-    ) -> Sequence[Row[Any]]:
+    ) -> tuple[Sequence[Row[Any]], int]:
         self._ensure_table()
         for attempt in (1, 2):
             try:
                 with self._sessions() as session:
                     result = session.execute(statement, params)
-                    return result.all() if rows else ()
+                    if rows:
+                        return result.all(), -1
+                    return (), int(getattr(result, "rowcount", -1))
             except DBAPIError as exc:
                 # A connection the server dropped (restart, idle timeout): SQLAlchemy
                 # has invalidated it, and every cache statement is idempotent, so one
@@ -51,8 +53,8 @@ class SyncExecutor:
 
     def fetch(self, statement: Executable, params: Params) -> Sequence[Row[Any]]:
         """Run a SELECT and return all its rows."""
-        return self._run(statement, params, rows=True)
+        return (self._run(statement, params, rows=True))[0]
 
-    def execute(self, statement: Executable, params: Params | None = None) -> None:
-        """Run a statement that returns no rows."""
-        self._run(statement, params, rows=False)
+    def execute(self, statement: Executable, params: Params | None = None) -> int:
+        """Run a statement that returns no rows; return how many rows it changed."""
+        return (self._run(statement, params, rows=False))[1]
