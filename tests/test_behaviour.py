@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from langchain_core.messages import AIMessage, AIMessageChunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, Generation, GenerationChunk
-from sqlalchemy import Column, MetaData, String, Table, Text, event, insert, text
+from sqlalchemy import Column, MetaData, String, Table, Text, event, insert, select, text
 
 from langchain_sqlalchemy_cache import SQLAlchemyCache
 
@@ -325,3 +325,24 @@ def test_an_answer_json_cannot_hold_is_not_cached_and_does_not_raise(
         cache.update("p", LLM, odd)
     assert "not caching" in caplog.text
     assert cache.lookup("p", LLM) is None
+
+
+async def test_store_prompts_false_keeps_only_hashes(make_cache: CacheFactory) -> None:
+    cache = make_cache(store_prompts=False)
+    secret_prompt = "my card number is 4111 1111 1111 1111"
+    await cache.aupdate(secret_prompt, LLM, [Generation(text="noted")])
+    cache.update("another", LLM, [Generation(text="x")])
+    assert await cache.alookup(secret_prompt, LLM) == [Generation(text="noted")]
+    assert cache.lookup("another", LLM) == [Generation(text="x")]
+    table = cache._table
+    with cache.sync_engine.connect() as connection:
+        rows = connection.execute(select(table.c.prompt, table.c.llm_string)).all()
+    assert [tuple(row) for row in rows] == [(None, None), (None, None)]
+    await cache.aclose()
+
+
+def test_prompts_are_stored_by_default_for_inspection(cache: SQLAlchemyCache) -> None:
+    cache.update("what is 2+2?", LLM, [Generation(text="4")])
+    with cache.sync_engine.connect() as connection:
+        prompt = connection.execute(select(cache._table.c.prompt)).scalar_one()
+    assert json.loads(prompt) == "what is 2+2?"

@@ -131,6 +131,7 @@ class SQLAlchemyCache(BaseCache):
         max_concurrency: int | None = None,
         on_error: OnError = "miss",
         ttl: float | timedelta | None = None,
+        store_prompts: bool = True,
     ) -> None:
         """Open a cache on a database.
 
@@ -153,6 +154,9 @@ class SQLAlchemyCache(BaseCache):
             ttl: Seconds (or a ``timedelta``) an entry stays valid after it was written;
                 an older entry is a miss. ``purge_expired()`` deletes them. None (the
                 default): entries never expire.
+            store_prompts: Keep the prompt and llm_string text in the table, for
+                inspection. False stores only their hash (the key), for prompts that
+                hold personal data; lookups work the same.
             on_error: ``"miss"`` (default): a database or driver error makes a lookup a
                 miss and an update or clear a no-op, logged (at most once per 10 s per
                 operation) and counted, so a broken cache never breaks the LLM call.
@@ -179,6 +183,7 @@ class SQLAlchemyCache(BaseCache):
         self._engines: EnginePair = resolve_engines(engine, sync_engine)
         self._table = cache_table(MetaData(), table_name, schema)
         self._ttl = None if ttl is None else _seconds("ttl", ttl)
+        self._store_prompts = bool(store_prompts)
         self._sql = sql.build_statements(self._table, self._engines.dialect_name, self._ttl)
         readiness = TableReadiness(create=create_table)
         self._loop_engines = LoopEngines(self._engines.async_engine)
@@ -227,6 +232,8 @@ class SQLAlchemyCache(BaseCache):
         except UncacheableError as exc:
             logger.warning("not caching this answer: %s", exc)
             return None
+        if not self._store_prompts:
+            return sql.entry_row(key, None, None, payload, time.time())
         return sql.entry_row(
             key, encode_text(prompt), encode_text(llm_string), payload, time.time()
         )
