@@ -20,10 +20,10 @@ def value(text_: str) -> list[Generation]:
     return [Generation(text=text_)]
 
 
-def age(cache: SQLAlchemyCache, prompt: str, seconds: float) -> None:
+def age(cache: SQLAlchemyCache, prompt: str, seconds: float, llm_string: str = LLM) -> None:
     """Make an entry look written ``seconds`` ago (rather than sleeping in a test)."""
     table = cache._table
-    key = cache._key(prompt, LLM)
+    key = cache._key(prompt, llm_string)
     with cache.sync_engine.connect() as connection:
         connection.execute(
             update(table).where(table.c.key == key).values(updated_at=time.time() - seconds)

@@ -26,7 +26,7 @@ from ._codec import (
 )
 from ._engines import EnginePair, resolve_engines
 from ._errors import ConfigurationError
-from ._keys import cache_key
+from ._keys import cache_key, llm_key
 from ._loops import LoopEngines, PerLoop
 from ._policy import ErrorPolicy, OnError
 from ._schema import DEFAULT_TABLE_NAME, cache_table
@@ -50,18 +50,22 @@ def _seconds(name: str, value: object) -> float:
     return float(seconds)
 
 
-def _older_than_cutoff(kwargs: dict[str, Any]) -> float | None:
-    """The ``clear()`` filter: None for everything, else the UNIX time entries must predate."""
-    unknown = set(kwargs) - {"older_than"}
+def _clear_filters(kwargs: dict[str, Any]) -> tuple[str | None, float | None]:
+    """``clear()``'s filters: the llm_key of ``llm_string``, and the ``older_than`` cutoff."""
+    unknown = set(kwargs) - {"older_than", "llm_string"}
     if unknown:
         msg = f"clear() got unexpected keyword arguments: {', '.join(sorted(unknown))}"
         raise TypeError(msg)
-    if "older_than" not in kwargs:
-        return None
-    try:
-        return time.time() - _seconds("older_than", kwargs["older_than"])
-    except ConfigurationError as exc:
-        raise TypeError(str(exc)) from None
+    model = None
+    if "llm_string" in kwargs:
+        model = llm_key(_check_text("llm_string", kwargs["llm_string"]))
+    cutoff = None
+    if "older_than" in kwargs:
+        try:
+            cutoff = time.time() - _seconds("older_than", kwargs["older_than"])
+        except ConfigurationError as exc:
+            raise TypeError(str(exc)) from None
+    return model, cutoff
 
 
 def _first_payload(rows: Sequence[Row[Any]]) -> RETURN_VAL_TYPE | None:
@@ -132,6 +136,7 @@ class SQLAlchemyCache(BaseCache):
         on_error: OnError = "miss",
         ttl: float | timedelta | None = None,
         store_prompts: bool = True,
+        namespace: str = "",
     ) -> None:
         """Open a cache on a database.
 
@@ -154,6 +159,8 @@ class SQLAlchemyCache(BaseCache):
             ttl: Seconds (or a ``timedelta``) an entry stays valid after it was written;
                 an older entry is a miss. ``purge_expired()`` deletes them. None (the
                 default): entries never expire.
+            namespace: Entries of different namespaces never see each other, even in
+                one table; ``clear()`` and ``purge_expired()`` touch only this one.
             store_prompts: Keep the prompt and llm_string text in the table, for
                 inspection. False stores only their hash (the key), for prompts that
                 hold personal data; lookups work the same.
@@ -184,7 +191,13 @@ class SQLAlchemyCache(BaseCache):
         self._table = cache_table(MetaData(), table_name, schema)
         self._ttl = None if ttl is None else _seconds("ttl", ttl)
         self._store_prompts = bool(store_prompts)
-        self._sql = sql.build_statements(self._table, self._engines.dialect_name, self._ttl)
+        if not isinstance(namespace, str) or len(namespace) > 255:
+            msg = f"namespace must be a str of at most 255 characters, got {namespace!r}"
+            raise ConfigurationError(msg)
+        self._namespace = namespace
+        self._sql = sql.build_statements(
+            self._table, self._engines.dialect_name, self._ttl, namespace
+        )
         readiness = TableReadiness(create=create_table)
         self._loop_engines = LoopEngines(self._engines.async_engine)
         self._async = AsyncExecutor(self._loop_engines, self._table, readiness)
@@ -215,9 +228,10 @@ class SQLAlchemyCache(BaseCache):
 
     # What both sides share: keys, rows, and the batch functions of the coalescers.
 
-    @staticmethod
-    def _key(prompt: str, llm_string: str) -> str:
-        return cache_key(_check_text("prompt", prompt), _check_text("llm_string", llm_string))
+    def _key(self, prompt: str, llm_string: str) -> str:
+        return cache_key(
+            _check_text("prompt", prompt), _check_text("llm_string", llm_string), self._namespace
+        )
 
     def _row(self, prompt: str, llm_string: str, return_val: object) -> sql.Row | None:
         """The entry to store, or None (with a warning) if the value cannot be stored.
@@ -232,10 +246,15 @@ class SQLAlchemyCache(BaseCache):
         except UncacheableError as exc:
             logger.warning("not caching this answer: %s", exc)
             return None
-        if not self._store_prompts:
-            return sql.entry_row(key, None, None, payload, time.time())
+        stored = self._store_prompts
         return sql.entry_row(
-            key, encode_text(prompt), encode_text(llm_string), payload, time.time()
+            key,
+            encode_text(prompt) if stored else None,
+            encode_text(llm_string) if stored else None,
+            payload,
+            time.time(),
+            namespace=self._namespace,
+            llm_key=llm_key(llm_string),
         )
 
     async def _fetch_payloads(self, keys: Sequence[str]) -> list[bytes | None]:
@@ -272,21 +291,19 @@ class SQLAlchemyCache(BaseCache):
                 self._sync.execute(self._sql.upsert, self._sql.upsert_params([row]))
 
     def clear(self, **kwargs: Any) -> None:
-        """Delete every entry of this cache's table, or only the old ones.
+        """Delete this cache's entries (its namespace only), or a subset of them.
 
         Args:
             **kwargs: ``older_than``: seconds or a ``timedelta``; only entries written
-                longer ago than that are deleted.
+                longer ago than that. ``llm_string``: only that model's entries. Both
+                may be combined.
 
         Raises:
             TypeError: An unknown keyword argument or a bad ``older_than`` was given.
         """
-        cutoff = _older_than_cutoff(kwargs)
+        statement, params = self._sql.clear(*_clear_filters(kwargs))
         with self._policy.guard("clear"):
-            if cutoff is None:
-                self._sync.execute(self._sql.delete_all)
-            else:
-                self._sync.execute(self._sql.delete_older, self._sql.older_params(cutoff))
+            self._sync.execute(statement, params)
 
     def purge_expired(self) -> int:
         """Delete the entries older than ``ttl``, at most 1000 rows per statement.
@@ -301,7 +318,7 @@ class SQLAlchemyCache(BaseCache):
         deleted = 0
         with self._policy.guard("purge"):
             while True:
-                params = self._sql.older_params(cutoff, PURGE_BATCH_ROWS)
+                params = self._sql.purge_params(cutoff, PURGE_BATCH_ROWS)
                 count = self._sync.execute(self._sql.purge_batch, params)
                 deleted += count
                 if count < PURGE_BATCH_ROWS:
@@ -336,19 +353,15 @@ class SQLAlchemyCache(BaseCache):
                 await self._updates.submit(row)
 
     async def aclear(self, **kwargs: Any) -> None:
-        """Async ``clear``, on the AsyncEngine; takes the same ``older_than``.
+        """Async ``clear``, on the AsyncEngine; takes the same filters.
 
         Raises:
             TypeError: An unknown keyword argument or a bad ``older_than`` was given.
         """
-        cutoff = _older_than_cutoff(kwargs)
+        statement, params = self._sql.clear(*_clear_filters(kwargs))
         with self._policy.guard("clear"):
             async with self._slots.get():
-                if cutoff is None:
-                    await self._async.execute(self._sql.delete_all)
-                else:
-                    params = self._sql.older_params(cutoff)
-                    await self._async.execute(self._sql.delete_older, params)
+                await self._async.execute(statement, params)
 
     async def apurge_expired(self) -> int:
         """Async ``purge_expired``, on the AsyncEngine.
@@ -363,7 +376,7 @@ class SQLAlchemyCache(BaseCache):
         deleted = 0
         with self._policy.guard("purge"):
             while True:
-                params = self._sql.older_params(cutoff, PURGE_BATCH_ROWS)
+                params = self._sql.purge_params(cutoff, PURGE_BATCH_ROWS)
                 async with self._slots.get():
                     count = await self._async.execute(self._sql.purge_batch, params)
                 deleted += count

@@ -17,14 +17,21 @@ def _utf8(text: str) -> bytes:
     return text.encode("utf-8", "surrogatepass")
 
 
-def cache_key(prompt: str, llm_string: str) -> str:
+def cache_key(prompt: str, llm_string: str, namespace: str = "") -> str:
     """Return the hex SHA-256 key of one cache entry.
 
-    The llm_string is length-prefixed so that no split of the same characters
-    between the two arguments gives the same key.
+    The namespace and the llm_string are length-prefixed so that no split of the same
+    characters between the arguments gives the same key.
     """
-    llm = _utf8(llm_string)
-    digest = hashlib.sha256(b"%d:" % len(llm))
-    digest.update(llm)
+    digest = hashlib.sha256()
+    for part in (namespace, llm_string):
+        data = _utf8(part)
+        digest.update(b"%d:" % len(data))
+        digest.update(data)
     digest.update(_utf8(prompt))
     return digest.hexdigest()
+
+
+def llm_key(llm_string: str) -> str:
+    """Return the hex SHA-256 of an llm_string: which model wrote an entry."""
+    return hashlib.sha256(_utf8(llm_string)).hexdigest()

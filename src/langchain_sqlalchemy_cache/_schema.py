@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Float, LargeBinary, MetaData, SmallInteger, String, Table, Text
+from sqlalchemy import (
+    Column,
+    Float,
+    Index,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+)
 from sqlalchemy.dialects import mysql
 
 from ._keys import KEY_LENGTH
@@ -24,7 +34,10 @@ def cache_table(
     """Define the cache table on ``metadata`` and return it.
 
     Columns:
-        key: hex SHA-256 of (llm_string, prompt), the primary key.
+        key: hex SHA-256 of (namespace, llm_string, prompt), the primary key.
+        namespace: the cache's namespace; ``clear()`` deletes only its own.
+        llm_key: hex SHA-256 of the llm_string, so one model's entries can be cleared
+            even when the text is not stored.
         prompt / llm_string: the inputs as JSON string literals (ASCII, so NUL and lone
             surrogates are storable everywhere); kept for inspection and maintenance.
         payload: the generations as a JSON array in UTF-8 bytes (see ``_codec``).
@@ -35,10 +48,14 @@ def cache_table(
         table_name,
         metadata,
         Column("key", String(KEY_LENGTH), primary_key=True),
+        Column("namespace", String(255), nullable=False, server_default=""),
+        Column("llm_key", String(KEY_LENGTH), nullable=True),
         Column("prompt", _LONG_TEXT, nullable=True),
         Column("llm_string", _LONG_TEXT, nullable=True),
         Column("payload", _LONG_BYTES, nullable=False),
         Column("updated_at", Float, nullable=False),
         Column("format", SmallInteger, nullable=False, default=FORMAT_VERSION),
+        Index(f"ix_{table_name}_namespace_updated", "namespace", "updated_at"),
+        Index(f"ix_{table_name}_namespace_llm", "namespace", "llm_key"),
         schema=schema,
     )

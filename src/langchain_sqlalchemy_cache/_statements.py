@@ -17,6 +17,7 @@ from sqlalchemy import (
     Select,
     String,
     Table,
+    and_,
     any_,
     bindparam,
     delete,
@@ -35,7 +36,15 @@ Row = Mapping[str, Any]
 Params = dict[str, Any] | list[dict[str, Any]]
 
 # Columns an upsert overwrites; the key is what it matches on.
-_UPDATED_COLUMNS = ("prompt", "llm_string", "payload", "updated_at", "format")
+_UPDATED_COLUMNS = (
+    "namespace",
+    "llm_key",
+    "prompt",
+    "llm_string",
+    "payload",
+    "updated_at",
+    "format",
+)
 _COLUMNS = ("key", *_UPDATED_COLUMNS)
 
 SUPPORTED_DIALECTS = ("postgresql", "sqlite", "mysql", "mariadb")
@@ -53,11 +62,20 @@ def check_dialect(dialect_name: str) -> None:
 
 
 def entry_row(
-    key: str, prompt: str | None, llm_string: str | None, payload: bytes, now: float
+    key: str,
+    prompt: str | None,
+    llm_string: str | None,
+    payload: bytes,
+    now: float,
+    *,
+    namespace: str = "",
+    llm_key: str | None = None,
 ) -> Row:
     """Return the column values of one cache entry."""
     return {
         "key": key,
+        "namespace": namespace,
+        "llm_key": llm_key,
         "prompt": prompt,
         "llm_string": llm_string,
         "payload": payload,
@@ -74,8 +92,9 @@ class Statements:
     ttl: float | None
     lookup: Select[tuple[str, str]]
     upsert: Insert
-    delete_all: Delete
-    delete_older: Delete
+    namespace: str
+    # clear(): indexed by (llm_key given, cutoff given); each scoped to the namespace.
+    clears: dict[tuple[bool, bool], Delete]
     purge_batch: Delete
 
     def lookup_params(self, keys: Sequence[str], now: float) -> dict[str, Any]:
@@ -85,13 +104,18 @@ class Statements:
             params["fresh_since"] = now - self.ttl
         return params
 
-    @staticmethod
-    def older_params(cutoff: float, limit: int | None = None) -> dict[str, Any]:
-        """Parameters of ``delete_older`` (and, with ``limit``, of ``purge_batch``)."""
-        params: dict[str, Any] = {"cutoff": cutoff}
-        if limit is not None:
-            params["limit"] = limit
-        return params
+    def clear(self, llm_key: str | None, cutoff: float | None) -> tuple[Delete, dict[str, Any]]:
+        """The DELETE for ``clear()`` with these filters, and its parameters."""
+        params: dict[str, Any] = {"namespace": self.namespace}
+        if llm_key is not None:
+            params["llm_key"] = llm_key
+        if cutoff is not None:
+            params["cutoff"] = cutoff
+        return self.clears[(llm_key is not None, cutoff is not None)], params
+
+    def purge_params(self, cutoff: float, limit: int) -> dict[str, Any]:
+        """Parameters of ``purge_batch``."""
+        return {"namespace": self.namespace, "cutoff": cutoff, "limit": limit}
 
     def upsert_params(self, rows: Iterable[Row]) -> Params:
         """Parameters of ``upsert`` for these rows.
@@ -106,21 +130,33 @@ class Statements:
         return [dict(row) for row in ordered]
 
 
-def build_statements(table: Table, dialect_name: str, ttl: float | None = None) -> Statements:
+def build_statements(
+    table: Table, dialect_name: str, ttl: float | None = None, namespace: str = ""
+) -> Statements:
     """Build every statement the cache runs against ``table``.
 
     With a ``ttl``, a lookup only sees entries written at or after ``fresh_since``.
+    Lookups need no namespace filter: the namespace is part of the key.
     """
     check_dialect(dialect_name)
+    own = table.c.namespace == bindparam("namespace")
     older = table.c.updated_at < bindparam("cutoff")
+    of_model = table.c.llm_key == bindparam("llm_key")
+    clears = {
+        (by_model, by_age): delete(table).where(
+            own, *((of_model,) if by_model else ()), *((older,) if by_age else ())
+        )
+        for by_model in (False, True)
+        for by_age in (False, True)
+    }
     return Statements(
         dialect_name=dialect_name,
         ttl=ttl,
         lookup=_lookup(table, dialect_name, with_ttl=ttl is not None),
         upsert=_upsert(table, dialect_name),
-        delete_all=delete(table),
-        delete_older=delete(table).where(older),
-        purge_batch=_purge_batch(table, dialect_name, older),
+        namespace=namespace,
+        clears=clears,
+        purge_batch=_purge_batch(table, dialect_name, and_(own, older)),
     )
 
 

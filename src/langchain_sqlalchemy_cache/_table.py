@@ -9,9 +9,11 @@ import weakref
 from sqlalchemy import Connection, Table, inspect
 from sqlalchemy.exc import DBAPIError
 
+from ._errors import ConfigurationError
+
 
 def create_table(connection: Connection, table: Table) -> None:
-    """CREATE TABLE IF NOT EXISTS, tolerating a concurrent creator.
+    """CREATE TABLE IF NOT EXISTS, tolerating a concurrent creator; check the columns.
 
     PostgreSQL can fail two concurrent ``CREATE TABLE IF NOT EXISTS`` of the same
     name with a unique violation in its catalog; the loser only needs the table to exist.
@@ -21,6 +23,14 @@ def create_table(connection: Connection, table: Table) -> None:
     except DBAPIError:
         if not inspect(connection).has_table(table.name, schema=table.schema):
             raise
+    found = {column["name"] for column in inspect(connection).get_columns(table.name, table.schema)}
+    missing = [column.name for column in table.columns if column.name not in found]
+    if missing:
+        msg = (
+            f"the table {table.name!r} exists but lacks the columns {missing}: it was made "
+            "by another program or an older layout; pass another table_name, or drop it"
+        )
+        raise ConfigurationError(msg)
 
 
 class TableReadiness:
