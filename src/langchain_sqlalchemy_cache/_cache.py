@@ -314,22 +314,22 @@ class SQLAlchemyCache(BaseCache):
         Raises:
             ConfigurationError: The cache has no ``ttl``.
         """
-        cutoff = self._purge_cutoff()
+        params = self._purge_params()
         deleted = 0
         with self._policy.guard("purge"):
             while True:
-                params = self._sql.purge_params(cutoff, PURGE_BATCH_ROWS)
                 count = self._sync.execute(self._sql.purge_batch, params)
                 deleted += count
                 if count < PURGE_BATCH_ROWS:
                     break
         return deleted
 
-    def _purge_cutoff(self) -> float:
+    def _purge_params(self) -> dict[str, Any]:
+        # One cutoff for the whole purge: rows expiring meanwhile wait for the next one.
         if self._ttl is None:
             msg = "purge_expired() needs a cache made with ttl=...; use clear(older_than=...)"
             raise ConfigurationError(msg)
-        return time.time() - self._ttl
+        return self._sql.purge_params(time.time() - self._ttl, PURGE_BATCH_ROWS)
 
     # Async core.
 
@@ -372,11 +372,10 @@ class SQLAlchemyCache(BaseCache):
         Raises:
             ConfigurationError: The cache has no ``ttl``.
         """
-        cutoff = self._purge_cutoff()
+        params = self._purge_params()
         deleted = 0
         with self._policy.guard("purge"):
             while True:
-                params = self._sql.purge_params(cutoff, PURGE_BATCH_ROWS)
                 async with self._slots.get():
                     count = await self._async.execute(self._sql.purge_batch, params)
                 deleted += count
