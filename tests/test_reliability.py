@@ -111,20 +111,20 @@ def test_threads_each_running_their_own_loop_share_a_cache(cache: SQLAlchemyCach
 def module_cache(postgres_url: str) -> Iterator[SQLAlchemyCache]:
     table = unique_table()
     cache = SQLAlchemyCache(postgres_url, table_name=table)
+    cache.update("shared", LLM, value("before any loop"))
     yield cache
     drop_table(cache, table)
     cache.close()
 
 
-async def test_module_scoped_cache_first_function_loop(module_cache: SQLAlchemyCache) -> None:
-    await module_cache.aupdate("shared", LLM, value("first loop"))
-    assert await module_cache.alookup("shared", LLM) == value("first loop")
-
-
-async def test_module_scoped_cache_second_function_loop(module_cache: SQLAlchemyCache) -> None:
-    assert await module_cache.alookup("shared", LLM) == value("first loop")
-    await module_cache.aupdate("shared", LLM, value("second loop"))
-    assert await module_cache.alookup("shared", LLM) == value("second loop")
+# Two tests, two function-scoped loops, one module-scoped cache; each test stands alone.
+@pytest.mark.parametrize("loop_name", ["first loop", "second loop"])
+async def test_module_scoped_cache_on_function_scoped_loops(
+    module_cache: SQLAlchemyCache, loop_name: str
+) -> None:
+    assert await module_cache.alookup("shared", LLM) is not None
+    await module_cache.aupdate(loop_name, LLM, value(loop_name))
+    assert await module_cache.alookup(loop_name, LLM) == value(loop_name)
 
 
 async def test_sync_threads_beside_async_tasks(acache: SQLAlchemyCache) -> None:

@@ -28,7 +28,7 @@ class AsyncExecutor:
     async def _ensure_table(self) -> None:
         if self._readiness.ready:
             return
-        async with self._readiness.loop_lock():
+        async with self._readiness.loop_locks.get():
             if not self._readiness.ready:
                 async with self._engines.get().connect() as connection:
                     await connection.run_sync(create_table, self._table)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import weakref
 
 from sqlalchemy import Connection, Table, inspect
 from sqlalchemy.exc import DBAPIError
 
 from ._errors import ConfigurationError
+from ._loops import PerLoop
 
 
 def create_table(connection: Connection, table: Table) -> None:
@@ -43,15 +43,4 @@ class TableReadiness:
     def __init__(self, *, create: bool) -> None:
         self.ready = not create
         self.thread_lock = threading.Lock()
-        self._loop_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
-            weakref.WeakKeyDictionary()
-        )
-
-    def loop_lock(self) -> asyncio.Lock:
-        """The lock for coroutines of the running event loop."""
-        loop = asyncio.get_running_loop()
-        with self.thread_lock:
-            lock = self._loop_locks.get(loop)
-            if lock is None:
-                lock = self._loop_locks[loop] = asyncio.Lock()
-            return lock
+        self.loop_locks: PerLoop[asyncio.Lock] = PerLoop(asyncio.Lock)
