@@ -19,9 +19,12 @@ LINTED = [p for p in ("src", "tests", "benchmarks", "noxfile.py") if (ROOT / p).
 def test_public_api_is_pinned() -> None:
     assert langchain_sqlalchemy_cache.__all__ == [
         "CacheError",
+        "CacheStats",
         "ConfigurationError",
+        "ModelEntries",
         "SQLAlchemyCache",
         "SQLiteCache",
+        "TableStats",
         "cache_table",
     ]
     public = {name for name in dir(langchain_sqlalchemy_cache) if not name.startswith("_")}

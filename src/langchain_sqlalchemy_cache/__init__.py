@@ -4,5 +4,15 @@ from ._cache import SQLAlchemyCache
 from ._errors import CacheError, ConfigurationError
 from ._schema import cache_table
 from ._sqlite import SQLiteCache
+from ._stats import CacheStats, ModelEntries, TableStats
 
-__all__ = ["CacheError", "ConfigurationError", "SQLAlchemyCache", "SQLiteCache", "cache_table"]
+__all__ = [
+    "CacheError",
+    "CacheStats",
+    "ConfigurationError",
+    "ModelEntries",
+    "SQLAlchemyCache",
+    "SQLiteCache",
+    "TableStats",
+    "cache_table",
+]

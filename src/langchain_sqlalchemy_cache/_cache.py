@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 from datetime import timedelta
+from time import perf_counter
 from types import TracebackType
 from typing import Any
 
@@ -19,6 +20,7 @@ from ._batching import Coalescer
 from ._codec import (
     UncacheableError,
     decode_generations,
+    decode_text,
     encode_generations,
     encode_text,
     logger,
@@ -26,10 +28,12 @@ from ._codec import (
 )
 from ._engines import EnginePair, resolve_engines
 from ._errors import ConfigurationError
+from ._eviction import TrimSchedule
 from ._keys import cache_key, llm_key
 from ._loops import LoopEngines, PerLoop
 from ._policy import ErrorPolicy, OnError
 from ._schema import DEFAULT_TABLE_NAME, cache_table
+from ._stats import CacheStats, Counters, ModelEntries, TableStats, utc
 from ._sync_io import SyncExecutor
 from ._table import TableReadiness
 
@@ -70,6 +74,23 @@ def _clear_filters(kwargs: dict[str, Any]) -> tuple[str | None, float | None]:
 
 def _first_payload(rows: Sequence[Row[Any]]) -> RETURN_VAL_TYPE | None:
     return decode_generations(rows[0].payload) if rows else None
+
+
+def _table_stats(
+    summary: Sequence[Any], models: Sequence[Sequence[Any]], size: Sequence[Sequence[Any]] | None
+) -> TableStats:
+    table_bytes = size[0][0] if size else None
+    return TableStats(
+        entries=int(summary[0]),
+        payload_bytes=int(summary[1]),
+        table_bytes=None if table_bytes is None else int(table_bytes),
+        oldest=utc(summary[2]),
+        newest=utc(summary[3]),
+        models=tuple(
+            ModelEntries(llm_key=model, llm_string=decode_text(text), entries=int(count))
+            for model, text, count in models
+        ),
+    )
 
 
 # Rows per multi-row upsert: each row is 6 parameters, and rows can be megabytes.
@@ -137,6 +158,7 @@ class SQLAlchemyCache(BaseCache):
         ttl: float | timedelta | None = None,
         store_prompts: bool = True,
         namespace: str = "",
+        max_entries: int | None = None,
     ) -> None:
         """Open a cache on a database.
 
@@ -161,6 +183,11 @@ class SQLAlchemyCache(BaseCache):
                 default): entries never expire.
             namespace: Entries of different namespaces never see each other, even in
                 one table; ``clear()`` and ``purge_expired()`` touch only this one.
+            max_entries: Keep the table's entries (of this namespace) near this many
+                by deleting the oldest ones. Amortised: each cache object trims after
+                every ``max(1, min(max_entries // 10, 1000))`` of its writes, so the
+                table may exceed the bound by that many entries per writing process.
+                ``enforce_max_entries()`` trims at once. None (the default): no bound.
             store_prompts: Keep the prompt and llm_string text in the table, for
                 inspection. False stores only their hash (the key), for prompts that
                 hold personal data; lookups work the same.
@@ -195,6 +222,12 @@ class SQLAlchemyCache(BaseCache):
             msg = f"namespace must be a str of at most 255 characters, got {namespace!r}"
             raise ConfigurationError(msg)
         self._namespace = namespace
+        self._trims = (
+            None if max_entries is None else TrimSchedule(_positive_int("max_entries", max_entries))
+        )
+        self._counters = Counters()
+        # table_stats() is an inspection: its failures are always reported.
+        self._strict = ErrorPolicy("raise")
         self._sql = sql.build_statements(
             self._table, self._engines.dialect_name, self._ttl, namespace
         )
@@ -275,8 +308,11 @@ class SQLAlchemyCache(BaseCache):
         A hit is always a ``list``, as LangChain requires.
         """
         params = self._sql.lookup_params([self._key(prompt, llm_string)], time.time())
+        start = perf_counter()
         with self._policy.guard("lookup"):
-            return _first_payload(self._sync.fetch(self._sql.lookup, params))
+            result = _first_payload(self._sync.fetch(self._sql.lookup, params))
+            self._counters.lookup(hit=result is not None, seconds=perf_counter() - start)
+            return result
         return None
 
     def update(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
@@ -286,9 +322,14 @@ class SQLAlchemyCache(BaseCache):
             TypeError: ``return_val`` is not a sequence of ``Generation`` objects.
         """
         row = self._row(prompt, llm_string, return_val)
-        if row is not None:
-            with self._policy.guard("update"):
-                self._sync.execute(self._sql.upsert, self._sql.upsert_params([row]))
+        if row is None:
+            return
+        start = perf_counter()
+        with self._policy.guard("update"):
+            self._sync.execute(self._sql.upsert, self._sql.upsert_params([row]))
+            self._counters.write(perf_counter() - start)
+            if self._trims is not None and self._trims.wrote():
+                self.enforce_max_entries()
 
     def clear(self, **kwargs: Any) -> None:
         """Delete this cache's entries (its namespace only), or a subset of them.
@@ -314,31 +355,86 @@ class SQLAlchemyCache(BaseCache):
         Raises:
             ConfigurationError: The cache has no ``ttl``.
         """
-        params = self._purge_params()
-        deleted = 0
+        cutoff = time.time() - self._require_ttl()
         with self._policy.guard("purge"):
-            while True:
-                count = self._sync.execute(self._sql.purge_batch, params)
-                deleted += count
-                if count < PURGE_BATCH_ROWS:
-                    break
-        return deleted
+            return self._delete_older(cutoff)
+        return 0
 
-    def _purge_params(self) -> dict[str, Any]:
-        # One cutoff for the whole purge: rows expiring meanwhile wait for the next one.
+    def enforce_max_entries(self) -> int:
+        """Delete the oldest entries beyond ``max_entries`` now, in batches.
+
+        Returns:
+            How many entries were deleted.
+
+        Raises:
+            ConfigurationError: The cache has no ``max_entries``.
+        """
+        params = self._sql.nth_newest_params(self._require_max_entries())
+        with self._policy.guard("evict"):
+            rows = self._sync.fetch(self._sql.nth_newest, params)
+            return self._delete_older(rows[0].updated_at) if rows else 0
+        return 0
+
+    def _delete_older(self, cutoff: float) -> int:
+        # One cutoff for the whole run: rows aging meanwhile wait for the next one.
+        params = self._sql.purge_params(cutoff, PURGE_BATCH_ROWS)
+        deleted = 0
+        while True:
+            count = self._sync.execute(self._sql.purge_batch, params)
+            deleted += count
+            if count < PURGE_BATCH_ROWS:
+                return deleted
+
+    def stats(self) -> CacheStats:
+        """Hits, misses, writes, errors and latency percentiles of this cache object.
+
+        Counted in this process since the cache was made; no database access.
+        """
+        return self._counters.snapshot(self._policy.errors)
+
+    def table_stats(self) -> TableStats:
+        """Read what the table holds for this namespace (``astats()`` is the async twin).
+
+        Raises:
+            CacheError: The database could not be read (whatever ``on_error`` says:
+                this is an inspection, not a cache call).
+        """
+        params = self._sql.namespace_params()
+        size_query = self._sql.table_size
+        with self._strict.guard("table_stats"):
+            summary = self._sync.fetch(self._sql.summary, params)[0]
+            models = self._sync.fetch(self._sql.per_model, params)
+            size = (
+                None
+                if size_query is None
+                else self._sync.fetch(size_query, self._sql.table_size_params)
+            )
+            return _table_stats(summary, models, size)
+        raise AssertionError("unreachable: the strict policy raises")
+
+    def _require_ttl(self) -> float:
         if self._ttl is None:
             msg = "purge_expired() needs a cache made with ttl=...; use clear(older_than=...)"
             raise ConfigurationError(msg)
-        return self._sql.purge_params(time.time() - self._ttl, PURGE_BATCH_ROWS)
+        return self._ttl
+
+    def _require_max_entries(self) -> int:
+        if self._trims is None:
+            msg = "enforce_max_entries() needs a cache made with max_entries=..."
+            raise ConfigurationError(msg)
+        return self._trims.max_entries
 
     # Async core.
 
     async def alookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
         """Async ``lookup``, on the AsyncEngine."""
         key = self._key(prompt, llm_string)
+        start = perf_counter()
         with self._policy.guard("lookup"):
             payload = await self._lookups.submit(key)
-            return None if payload is None else decode_generations(payload)
+            result = None if payload is None else decode_generations(payload)
+            self._counters.lookup(hit=result is not None, seconds=perf_counter() - start)
+            return result
         return None
 
     async def aupdate(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
@@ -348,9 +444,14 @@ class SQLAlchemyCache(BaseCache):
             TypeError: ``return_val`` is not a sequence of ``Generation`` objects.
         """
         row = self._row(prompt, llm_string, return_val)
-        if row is not None:
-            with self._policy.guard("update"):
-                await self._updates.submit(row)
+        if row is None:
+            return
+        start = perf_counter()
+        with self._policy.guard("update"):
+            await self._updates.submit(row)
+            self._counters.write(perf_counter() - start)
+            if self._trims is not None and self._trims.wrote():
+                await self.aenforce_max_entries()
 
     async def aclear(self, **kwargs: Any) -> None:
         """Async ``clear``, on the AsyncEngine; takes the same filters.
@@ -372,16 +473,56 @@ class SQLAlchemyCache(BaseCache):
         Raises:
             ConfigurationError: The cache has no ``ttl``.
         """
-        params = self._purge_params()
-        deleted = 0
+        cutoff = time.time() - self._require_ttl()
         with self._policy.guard("purge"):
-            while True:
-                async with self._slots.get():
-                    count = await self._async.execute(self._sql.purge_batch, params)
-                deleted += count
-                if count < PURGE_BATCH_ROWS:
-                    break
-        return deleted
+            return await self._adelete_older(cutoff)
+        return 0
+
+    async def aenforce_max_entries(self) -> int:
+        """Async ``enforce_max_entries``, on the AsyncEngine.
+
+        Returns:
+            How many entries were deleted.
+
+        Raises:
+            ConfigurationError: The cache has no ``max_entries``.
+        """
+        params = self._sql.nth_newest_params(self._require_max_entries())
+        with self._policy.guard("evict"):
+            async with self._slots.get():
+                rows = await self._async.fetch(self._sql.nth_newest, params)
+            return await self._adelete_older(rows[0].updated_at) if rows else 0
+        return 0
+
+    async def _adelete_older(self, cutoff: float) -> int:
+        params = self._sql.purge_params(cutoff, PURGE_BATCH_ROWS)
+        deleted = 0
+        while True:
+            async with self._slots.get():
+                count = await self._async.execute(self._sql.purge_batch, params)
+            deleted += count
+            if count < PURGE_BATCH_ROWS:
+                return deleted
+
+    async def astats(self) -> TableStats:
+        """Async ``table_stats``: what the table holds for this namespace.
+
+        Raises:
+            CacheError: The database could not be read.
+        """
+        params = self._sql.namespace_params()
+        size_query = self._sql.table_size
+        with self._strict.guard("table_stats"):
+            async with self._slots.get():
+                summary = (await self._async.fetch(self._sql.summary, params))[0]
+                models = await self._async.fetch(self._sql.per_model, params)
+                size = (
+                    None
+                    if size_query is None
+                    else await self._async.fetch(size_query, self._sql.table_size_params)
+                )
+            return _table_stats(summary, models, size)
+        raise AssertionError("unreachable: the strict policy raises")
 
     # Lifecycle: only engines the cache created are disposed of.
 

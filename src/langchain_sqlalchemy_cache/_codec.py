@@ -67,6 +67,11 @@ def encode_text(text: str) -> str:
     return json.dumps(text)
 
 
+def decode_text(stored: str | None) -> str | None:
+    """The prompt or llm_string kept by ``encode_text`` (None when it was not stored)."""
+    return None if stored is None else str(json.loads(stored))
+
+
 def _allowed_name(obj: object, allowlist: dict[str, type[Any]]) -> str:
     name = type(obj).__name__
     if allowlist.get(name) is not type(obj):

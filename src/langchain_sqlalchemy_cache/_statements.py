@@ -8,6 +8,8 @@ the two sides cannot drift apart, and SQLAlchemy compiles each statement once.
 
 from __future__ import annotations
 
+import functools
+import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,12 +19,15 @@ from sqlalchemy import (
     Select,
     String,
     Table,
+    TextClause,
     and_,
     any_,
     bindparam,
     delete,
+    desc,
     func,
     select,
+    text,
 )
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
@@ -96,6 +101,21 @@ class Statements:
     # clear(): indexed by (llm_key given, cutoff given); each scoped to the namespace.
     clears: dict[tuple[bool, bool], Delete]
     purge_batch: Delete
+    # max_entries: the updated_at of the n-th newest entry (the oldest one to keep).
+    nth_newest: Select[tuple[float]]
+    # table_stats(): count, payload bytes and age range; entries per model; disk size.
+    summary: Select[Any]
+    per_model: Select[Any]
+    table_size: TextClause | None
+    table_size_params: dict[str, Any]
+
+    def namespace_params(self) -> dict[str, Any]:
+        """Parameters of the statements that only filter on the namespace."""
+        return {"namespace": self.namespace}
+
+    def nth_newest_params(self, keep: int) -> dict[str, Any]:
+        """Parameters of ``nth_newest`` for keeping the ``keep`` newest entries."""
+        return {"namespace": self.namespace, "offset": keep - 1}
 
     def lookup_params(self, keys: Sequence[str], now: float) -> dict[str, Any]:
         """Parameters of ``lookup`` for these keys (any number, duplicates allowed)."""
@@ -157,7 +177,59 @@ def build_statements(
         namespace=namespace,
         clears=clears,
         purge_batch=_purge_batch(table, dialect_name, and_(own, older)),
+        nth_newest=select(table.c.updated_at)
+        .where(own)
+        .order_by(desc(table.c.updated_at))
+        .limit(1)
+        .offset(bindparam("offset")),
+        summary=select(
+            func.count(),
+            func.coalesce(func.sum(func.length(table.c.payload)), 0),
+            func.min(table.c.updated_at),
+            func.max(table.c.updated_at),
+        ).where(own),
+        per_model=select(table.c.llm_key, func.max(table.c.llm_string), func.count())
+        .where(own)
+        .group_by(table.c.llm_key)
+        .order_by(desc(func.count()), table.c.llm_key),
+        table_size=_table_size(dialect_name),
+        table_size_params={"name": table.name, "schema": table.schema},
     )
+
+
+def _table_size(dialect_name: str) -> TextClause | None:
+    """The statement that reads the table's size on disk with its indexes, if any."""
+    if dialect_name == "postgresql":
+        return text(
+            "SELECT pg_total_relation_size(c.oid) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relname = :name AND n.nspname = COALESCE(:schema, current_schema())"
+        )
+    if dialect_name in ("mysql", "mariadb"):
+        return text(
+            "SELECT data_length + index_length FROM information_schema.tables "
+            "WHERE table_name = :name AND table_schema = COALESCE(:schema, DATABASE())"
+        )
+    if _sqlite_has_dbstat():
+        # dbstat is an optional SQLite extension; Python's usual builds include it.
+        return text(
+            "SELECT SUM(pgsize) FROM dbstat WHERE name IN "
+            "(SELECT name FROM sqlite_master WHERE tbl_name = :name) "
+            "AND COALESCE(:schema, 'main') = 'main'"
+        )
+    return None
+
+
+@functools.cache
+def _sqlite_has_dbstat() -> bool:
+    connection = sqlite3.connect(":memory:")
+    try:
+        connection.execute("SELECT 1 FROM dbstat LIMIT 1")
+    except sqlite3.Error:
+        return False
+    finally:
+        connection.close()
+    return True
 
 
 def _purge_batch(table: Table, dialect_name: str, older: Any) -> Delete:

@@ -1,0 +1,115 @@
+"""max_entries=: amortised trimming of the oldest entries, on both backends."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from langchain_core.outputs import Generation
+from sqlalchemy import func, select
+
+from langchain_sqlalchemy_cache import ConfigurationError, SQLAlchemyCache
+from langchain_sqlalchemy_cache._eviction import check_interval
+
+from .conftest import CacheFactory, unique_table
+
+
+def value(text_: str) -> list[Generation]:
+    return [Generation(text=text_)]
+
+
+def count(cache: SQLAlchemyCache, namespace: str = "") -> int:
+    table = cache._table
+    with cache.sync_engine.connect() as connection:
+        return int(
+            connection.execute(
+                select(func.count()).select_from(table).where(table.c.namespace == namespace)
+            ).scalar_one()
+        )
+
+
+def test_check_interval_is_a_tenth_of_the_bound_within_limits() -> None:
+    assert [check_interval(n) for n in (1, 9, 10, 50, 10_000, 10_001, 10**6)] == [
+        1,
+        1,
+        1,
+        5,
+        1000,
+        1000,
+        1000,
+    ]
+
+
+def test_sync_writes_keep_the_table_near_the_bound(make_cache: CacheFactory) -> None:
+    cache = make_cache(max_entries=50)  # trims every 5 writes
+    for i in range(200):
+        cache.update(f"p{i}", "m", value(str(i)))
+        assert count(cache) <= 50 + 5
+    assert count(cache) >= 50
+    # What is left is the newest: the last 50 written are all there, the first gone.
+    assert all(cache.lookup(f"p{i}", "m") == value(str(i)) for i in range(150, 200))
+    assert cache.lookup("p0", "m") is None
+    before = count(cache)
+    assert cache.enforce_max_entries() == before - 50
+    assert count(cache) == 50
+    assert cache.enforce_max_entries() == 0
+
+
+async def test_concurrent_async_writes_keep_the_table_near_the_bound(
+    make_cache: CacheFactory,
+) -> None:
+    cache = make_cache(max_entries=100)  # trims every 10 writes
+    await asyncio.gather(*(cache.aupdate(f"p{i}", "m", value(str(i))) for i in range(1000)))
+    assert 100 <= count(cache) <= 100 + 10
+    deleted = await cache.aenforce_max_entries()
+    assert count(cache) == 100
+    assert deleted >= 0
+    assert cache.stats().writes == 1000
+    assert cache.stats().errors == 0
+    await cache.aclose()
+
+
+def test_enforce_deletes_in_batches_down_to_the_bound(make_cache: CacheFactory) -> None:
+    writer = make_cache(table_name=(table := unique_table()))
+    for start in range(0, 2500, 100):
+        for i in range(start, start + 100):
+            writer.update(f"p{i}", "m", value(str(i)))
+    bounded = make_cache(table_name=table, max_entries=10)
+    assert bounded.enforce_max_entries() == 2490  # more than one 1000-row DELETE
+    assert count(bounded) == 10
+    assert bounded.lookup("p2499", "m") == value("2499")
+    assert bounded.lookup("p2489", "m") is None
+
+
+def test_trimming_touches_only_its_namespace(make_cache: CacheFactory) -> None:
+    table = unique_table()
+    small = make_cache(table_name=table, namespace="small", max_entries=5)
+    other = make_cache(table_name=table, namespace="other")
+    for i in range(30):
+        other.update(f"p{i}", "m", value("o"))
+        small.update(f"p{i}", "m", value("s"))
+    assert count(small, "small") <= 6
+    assert count(other, "other") == 30
+
+
+def test_two_writers_drift_at_most_one_interval_each(make_cache: CacheFactory) -> None:
+    # Two cache objects on one table stand for two processes: each counts its own writes.
+    table = unique_table()
+    first = make_cache(table_name=table, max_entries=40)
+    second = make_cache(table_name=table, max_entries=40)
+    for i in range(300):
+        (first if i % 2 else second).update(f"p{i}", "m", value(str(i)))
+        assert count(first) <= 40 + 2 * 4
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "10"])
+def test_max_entries_is_validated(backend_url: str, bad: object) -> None:
+    with pytest.raises(ConfigurationError, match="max_entries must be a positive int"):
+        SQLAlchemyCache(backend_url, max_entries=bad)  # type: ignore[arg-type]
+
+
+async def test_enforce_needs_max_entries(cache: SQLAlchemyCache) -> None:
+    with pytest.raises(ConfigurationError, match="max_entries"):
+        cache.enforce_max_entries()
+    with pytest.raises(ConfigurationError, match="max_entries"):
+        await cache.aenforce_max_entries()
