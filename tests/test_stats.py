@@ -39,7 +39,9 @@ async def test_stats_count_hits_misses_writes_of_both_sides(make_cache: CacheFac
     lookups = (stats.lookup_p50_ms, stats.lookup_p95_ms, stats.lookup_p99_ms)
     updates = (stats.update_p50_ms, stats.update_p95_ms, stats.update_p99_ms)
     for p50, p95, p99 in (lookups, updates):
-        assert p50 is not None and p95 is not None and p99 is not None
+        assert p50 is not None
+        assert p95 is not None
+        assert p99 is not None
         assert 0 < p50 <= p95 <= p99 < 60_000
     await cache.aclose()
 
@@ -112,11 +114,13 @@ async def test_table_stats_describe_the_namespace(make_cache: CacheFactory) -> N
     for stats in (cache.table_stats(), await cache.astats()):
         assert stats.entries == 4
         assert stats.payload_bytes == _payload_bytes(cache, "team-a")
-        assert stats.oldest is not None and stats.newest is not None
+        assert stats.oldest is not None
+        assert stats.newest is not None
         assert stats.oldest.tzinfo is timezone.utc
         assert before <= stats.oldest.timestamp() <= stats.newest.timestamp() <= after
         assert [(m.llm_string, m.entries) for m in stats.models] == [("gpt", 3), ("claude", 1)]
-        assert stats.table_bytes is not None and stats.table_bytes > 0
+        assert stats.table_bytes is not None
+        assert stats.table_bytes > 0
     assert other.table_stats().entries == 1
     await cache.aclose()
     await other.aclose()
@@ -129,7 +133,8 @@ async def test_table_bytes_grow_with_the_table(make_cache: CacheFactory) -> None
     for i in range(20):
         cache.update(f"big{i}", "m", value(f"{i}" + "y" * 200_000))
     big = cache.table_stats().table_bytes
-    assert small is not None and big is not None
+    assert small is not None
+    assert big is not None
     assert big > small + 20 * 2_000  # even compressed (TOAST), 4 MB does not fit in 40 kB
     await cache.aclose()
 
