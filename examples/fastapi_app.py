@@ -138,13 +138,16 @@ def create_app(
         state = request.app.state
 
         async def ask() -> str:
-            message = await state.model.ainvoke(body.prompt)
+            try:
+                message = await state.model.ainvoke(body.prompt)
+            except Exception:
+                logger.exception("the chat model failed")  # once, not once per waiter
+                raise
             return str(message.text)
 
         try:
             answer = await state.calls.run(body.prompt, ask)
         except Exception:
-            logger.exception("the chat model failed")
             raise HTTPException(status_code=502, detail="the chat model failed") from None
         return ChatResponse(answer=answer)
 

@@ -142,7 +142,7 @@ async def test_concurrent_requests_call_the_model_once_per_prompt(
 
 
 async def test_a_failing_call_fails_its_waiters_only_and_is_retried(
-    backend_url: str, table: str
+    backend_url: str, table: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     broken = PROMPTS[3]
     app = create_app(backend_url, SlowEchoModel(failing={broken}), table_name=table)
@@ -156,6 +156,8 @@ async def test_a_failing_call_fails_its_waiters_only_and_is_retried(
             assert response.status_code == 502
             assert response.json() == {"detail": "the chat model failed"}
         assert model.calls == dict.fromkeys(PROMPTS, 1)  # one call, shared by its 10 waiters
+        logged = [r for r in caplog.records if r.name == fastapi_app.logger.name]
+        assert [r.getMessage() for r in logged] == ["the chat model failed"]
         assert await count_rows(app.state.cache.async_engine, table) == 19
 
         # Nothing of the failure is kept: the next request calls the model again.
