@@ -170,12 +170,20 @@ async def test_a_failing_call_fails_its_waiters_only_and_is_retried(
         assert sum(model.calls.values()) == 22
 
 
+async def called(model: SlowEchoModel, prompt: str) -> None:
+    """Return once the model is answering ``prompt``."""
+    deadline = time.monotonic() + 10
+    while prompt not in model.calls:
+        assert time.monotonic() < deadline, f"the model was never asked {prompt!r}"
+        await asyncio.sleep(0.005)
+
+
 async def test_a_client_that_goes_away_cancels_nothing_shared(backend_url: str, table: str) -> None:
     app = create_app(backend_url, SlowEchoModel(delay=0.2), table_name=table)
     async with serving(app) as client:
         model: SlowEchoModel = app.state.model
         leader = asyncio.create_task(ask(client, "shared"))
-        await asyncio.sleep(0.05)  # the leader's model call is under way
+        await called(model, "shared")
         follower = asyncio.create_task(ask(client, "shared"))
         await asyncio.sleep(0.05)
         leader.cancel()
@@ -186,7 +194,7 @@ async def test_a_client_that_goes_away_cancels_nothing_shared(backend_url: str, 
 
         # A call whose only client left still finishes and is cached before shutdown.
         alone = asyncio.create_task(ask(client, "abandoned"))
-        await asyncio.sleep(0.05)
+        await called(model, "abandoned")
         alone.cancel()
         with pytest.raises(asyncio.CancelledError):
             await alone
