@@ -148,7 +148,9 @@ def alembic_config(directory: Path, url: str) -> Config:
     return config
 
 
-def test_the_example_env_py_migrates_the_cache_table(empty_db: str, tmp_path: Path) -> None:
+def test_the_example_env_py_migrates_the_cache_table(
+    empty_db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = alembic_config(tmp_path / "migrations", empty_db)
     revision = command.revision(config, message="llm cache", autogenerate=True)
     assert isinstance(revision, Script)
@@ -157,6 +159,13 @@ def test_the_example_env_py_migrates_the_cache_table(empty_db: str, tmp_path: Pa
     assert source.count("op.create_index(") == 2
     # The MySQL variants of the long columns are rendered with their import.
     assert "from sqlalchemy.dialects import mysql" in source
+
+    capsys.readouterr()
+    command.upgrade(config, "head", sql=True)  # offline mode: the SQL, for a DBA
+    offline = capsys.readouterr().out
+    assert f"CREATE TABLE {DEFAULT_TABLE_NAME}" in offline
+    assert f"CREATE INDEX ix_{DEFAULT_TABLE_NAME}_namespace_llm" in offline
+    assert DEFAULT_TABLE_NAME not in table_names(empty_db)  # nothing ran
 
     command.upgrade(config, "head")
     assert DEFAULT_TABLE_NAME in table_names(empty_db)
