@@ -203,6 +203,13 @@ def build_insert_absent(destination: Table, dialect_name: str, columns: Sequence
     one ``INSERT .. SELECT FROM unnest(...)`` (parameters: one ``<column>_array`` per
     column); elsewhere a single-row insert run with executemany.
     """
+    return _insert_absent(destination, dialect_name, columns).execution_options(
+        # SQLAlchemy keeps an INSERT's row count only when asked.
+        preserve_rowcount=True
+    )
+
+
+def _insert_absent(destination: Table, dialect_name: str, columns: Sequence[str]) -> Insert:
     if dialect_name == "postgresql":
         arrays = [
             bindparam(f"{name}_array", type_=postgresql.ARRAY(destination.c[name].type))
