@@ -25,7 +25,6 @@ from alembic.operations.ops import OpContainer
 from alembic.script import Script
 from langchain_core.outputs import Generation
 from sqlalchemy import MetaData, create_engine, inspect, make_url, text
-from sqlalchemy.exc import DBAPIError
 
 from langchain_sqlalchemy_cache import CacheError, SQLAlchemyCache, cache_table
 from langchain_sqlalchemy_cache._schema import DEFAULT_TABLE_NAME, FORMAT_VERSION
@@ -186,7 +185,10 @@ async def test_a_missing_table_without_create_table(
     ) as strict:
         with pytest.raises(CacheError, match=table_name) as raised:
             strict.lookup("p", "llm")
-        assert isinstance(raised.value.__cause__, DBAPIError)
+        # Checked before any statement runs; the message says what to do about it.
+        assert "does not exist" in str(raised.value)
+        assert "create_table=True" in str(raised.value)
+        assert isinstance(raised.value.__cause__, LookupError)
         with pytest.raises(CacheError, match=table_name):
             strict.update("p", "llm", generations)
         with pytest.raises(CacheError, match=table_name):
@@ -201,4 +203,5 @@ async def test_a_missing_table_without_create_table(
             await lax.aupdate("p", "llm", generations)
             assert await lax.alookup("p", "llm") is None
     assert table_name in caplog.text  # the operator hears of it
+    assert "does not exist" in caplog.text
     assert table_name not in table_names(backend_url)  # and nothing was created
