@@ -52,12 +52,9 @@ def duration(text: str) -> float:
         argparse.ArgumentTypeError: It is not a positive duration.
     """
     match = _DURATION.fullmatch(text.strip().lower())
-    if match is None:
-        msg = f"invalid duration {text!r}: use {_DURATION_HELP}"
-        raise argparse.ArgumentTypeError(msg)
-    seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    seconds = 0.0 if match is None else float(match.group(1)) * _UNITS[match.group(2)]
     if not seconds > 0:
-        msg = f"invalid duration {text!r}: it must be more than 0"
+        msg = f"invalid duration {text!r}: use more than 0 {_DURATION_HELP}"
         raise argparse.ArgumentTypeError(msg)
     return seconds
 
