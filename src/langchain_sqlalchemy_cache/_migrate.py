@@ -47,6 +47,7 @@ from sqlalchemy import (
     column,
     func,
     inspect,
+    make_url,
     or_,
     select,
     table,
@@ -570,7 +571,9 @@ def migrate(
     ) as cache:
         sync_engine = cache.sync_engine
         dialect_name = sync_engine.dialect.name
-        where = sync_engine.url.render_as_string(hide_password=True)
+        # Errors name the database as the caller did (not with the derived sync driver).
+        named = make_url(engine) if isinstance(engine, (str, URL)) else sync_engine.url
+        where = named.render_as_string(hide_password=True)
         destination = cache._table
         with sync_engine.connect() as connection:
             layout = _source_layout(connection, from_table, from_schema, where)
