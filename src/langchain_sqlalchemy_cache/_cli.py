@@ -148,10 +148,16 @@ def _parser() -> _Parser:
     )
     _common(purge)
     purge.add_argument(
-        "--ttl", type=duration, help=f"delete entries written longer ago: {_DURATION_HELP}"
+        "--ttl",
+        type=duration,
+        metavar="DURATION",
+        help=f"delete entries written longer ago: {_DURATION_HELP}",
     )
     purge.add_argument(
-        "--max-entries", type=positive_int, help="keep only the newest N entries of the namespace"
+        "--max-entries",
+        type=positive_int,
+        metavar="N",
+        help="keep only the newest N entries of the namespace",
     )
     purge.set_defaults(run=_purge, command_parser=purge)
 
@@ -161,7 +167,10 @@ def _parser() -> _Parser:
     _common(clear)
     clear.add_argument("--llm-string", help="only this model's entries (its exact llm_string)")
     clear.add_argument(
-        "--older-than", type=duration, help=f"only entries written longer ago: {_DURATION_HELP}"
+        "--older-than",
+        type=duration,
+        metavar="DURATION",
+        help=f"only entries written longer ago: {_DURATION_HELP}",
     )
     clear.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
     clear.set_defaults(run=_clear)
@@ -181,6 +190,7 @@ def _parser() -> _Parser:
     migrate_.add_argument(
         "--batch-size",
         type=positive_int,
+        metavar="N",
         default=500,
         help="source rows read and written per statement (default: 500)",
     )
