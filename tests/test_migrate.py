@@ -521,6 +521,7 @@ def test_the_md5_layout(community: Community) -> None:
     )
     before = community.snapshot(MD5_LAYOUT.name)
     destination = unique_table()
+    pages: list[MigrationProgress] = []
     report = migrate(
         community.url,
         MD5_LAYOUT.name,
@@ -528,10 +529,13 @@ def test_the_md5_layout(community: Community) -> None:
         table_name=destination,
         schema=community.schema,
         batch_size=2,
+        progress=pages.append,
     )
     assert report.layout == "full_md5_llm_cache"
     assert (report.copied, report.skipped, report.unreadable) == (len(VALUES), 0, 2)
     assert report.rows_read == len(before)
+    # The row with a NULL is left out of the pages (and their total), then counted.
+    assert pages[-1].rows_read == pages[-1].total_rows == len(before) - 1
     assert report.reasons == {
         "prompt_md5 does not match the prompt (never found by lookups)": 1,
         "a NULL in prompt_md5, llm, prompt, idx, id": 1,

@@ -190,7 +190,7 @@ def build_source_statements(
         layout=layout,
         first_page=base,
         next_page=base.where(later),
-        count_rows=select(func.count()).select_from(source),
+        count_rows=select(func.count()).select_from(source).where(keys_present),
         count_null_keys=select(func.count())
         .select_from(source)
         .where(or_(*(c.is_(None) for c in order))),
@@ -353,7 +353,8 @@ class MigrationProgress:
 
     Attributes:
         rows_read: Source rows read so far.
-        total_rows: Rows the source table had when the migration started.
+        total_rows: Rows the source table had when the migration started (leaving out
+            rows with a NULL in an ordering column, which are only counted at the end).
         copied: Entries written so far.
         skipped: Entries already in the destination so far.
         unreadable: Entries that could not be converted so far.
