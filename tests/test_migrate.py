@@ -26,6 +26,8 @@ from sqlalchemy import (
     MetaData,
     column,
     create_engine,
+    distinct,
+    func,
     insert,
     make_url,
     select,
@@ -648,6 +650,11 @@ def test_a_table_larger_than_a_page_many_times(community: Community) -> None:
                 source, f"prompt {i:05d}", llm
             )
             assert len(ours.lookup(f"prompt {i:05d}", llm) or []) == i % 3 + 1
+        # Each copy has its own write time, so max_entries can trim them one by one.
+        dest = ours._table
+        with ours.sync_engine.connect() as connection:
+            times = connection.execute(select(func.count(distinct(dest.c.updated_at)))).scalar()
+        assert times == count
 
 
 def test_a_new_row_over_an_old_plain_text_row(community: Community) -> None:

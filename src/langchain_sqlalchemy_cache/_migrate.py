@@ -614,12 +614,13 @@ def _copy(
     columns: tuple[str, ...] = ()
     for groups, rows_read in _pages(connection, statements, batch_size):
         tally.rows_read += rows_read
-        now = time.time()
         rows: list[Row] = []
         for group in groups:
             try:
                 rows.append(
-                    _entry(group, namespace=namespace, store_prompts=store_prompts, now=now)
+                    # Its own write time (the source has none): max_entries trims the
+                    # copies one by one rather than a page of equal times at once.
+                    _entry(group, namespace=namespace, store_prompts=store_prompts, now=time.time())
                 )
             except UnreadableEntry as exc:
                 tally.refuse(str(exc))
