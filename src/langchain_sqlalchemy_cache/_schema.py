@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     Column,
     Double,
@@ -31,7 +33,7 @@ _LONG_BYTES = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
 _TIMESTAMP = Float().with_variant(Double(), "mysql", "mariadb")
 # utf8mb4 holds every character (MySQL's "utf8" only the first plane), and the binary
 # collation makes namespaces compare exactly: "Team" and "team" are two namespaces.
-_MYSQL_TABLE_OPTIONS = {
+_MYSQL_TABLE_OPTIONS: dict[str, Any] = {
     f"{dialect}_{option}": setting
     for dialect in ("mysql", "mariadb")
     for option, setting in {
