@@ -85,8 +85,9 @@ def test_four_processes_and_a_clear_share_one_table(server_url: str) -> None:
         clear_finished,
     )
 
-    # Keys are only ever deleted by the clear: every process missed again after it.
-    assert all(any(t > clear_started for t in r["misses"]) for r in reports)
+    # Keys are only ever deleted by the clear, and lookups missed again after it (a
+    # process the scheduler starves may find every key rewritten by the others).
+    assert sum(t > clear_started for r in reports for t in r["misses"]) > 0
 
     cache = SQLAlchemyCache(server_url, table_name=table)
     # What the table holds at the end is also only values written for their keys.
