@@ -90,6 +90,10 @@ def test_a_table_of_another_layout_is_reported(make_cache: CacheFactory) -> None
         cache = SQLAlchemyCache(probe.sync_engine, table_name=foreign.name)
         with pytest.raises(ConfigurationError, match="lacks the columns"):
             cache.lookup("p", GPT)
+        # Also when the table is the application's to manage: checked once, not created.
+        managed = SQLAlchemyCache(probe.sync_engine, table_name=foreign.name, create_table=False)
+        with pytest.raises(ConfigurationError, match="lacks the columns"):
+            managed.lookup("p", GPT)
     finally:
         with probe.sync_engine.connect() as connection:
             foreign.drop(connection)

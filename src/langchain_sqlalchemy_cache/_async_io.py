@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ._loops import LoopEngines, PerLoop
 from ._statements import Params
-from ._table import TableReadiness, create_table
+from ._table import TableReadiness, prepare_table
 
 
 class AsyncExecutor:
@@ -31,7 +31,9 @@ class AsyncExecutor:
         async with self._readiness.loop_locks.get():
             if not self._readiness.ready:
                 async with self._engines.get().connect() as connection:
-                    await connection.run_sync(create_table, self._table)
+                    await connection.run_sync(
+                        prepare_table, self._table, create=self._readiness.create
+                    )
                 self._readiness.ready = True
 
     async def _run(

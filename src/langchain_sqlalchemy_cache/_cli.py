@@ -1,46 +1,491 @@
-"""The command line: ``python -m langchain_sqlalchemy_cache`` / ``langchain-sqlalchemy-cache``."""
+"""The command line: ``python -m langchain_sqlalchemy_cache`` / ``langchain-sqlalchemy-cache``.
+
+Every subcommand takes the database URL. Errors are one line on stderr and a non-zero
+exit (2 for a bad command line, 1 for anything else, 130 when interrupted), never a
+traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from typing import IO, Any, NoReturn
 
+from sqlalchemy import MetaData, func, inspect, make_url, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from ._cache import SQLAlchemyCache
 from ._errors import CacheError
+from ._keys import llm_key
+from ._migrate import MigrationProgress, MigrationReport, migrate
+from ._schema import DEFAULT_TABLE_NAME, cache_table
+from ._stats import TableStats
+
+PROG = "langchain-sqlalchemy-cache"
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([smhd]?)")
+_DURATION_HELP = "seconds, or a number with s, m, h or d: 90s, 15m, 2h, 7d"
+# Models listed by ``stats``; the rest are summed up in one line.
+_STATS_MODELS = 20
+_PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]*:)[^@\s]+@")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="langchain-sqlalchemy-cache",
+class CliError(Exception):
+    """A failure the command line reports as ``error: <message>``."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error on one line."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def duration(text: str) -> float:
+    """A duration in seconds from ``3600``, ``90s``, ``15m``, ``2h`` or ``7d``.
+
+    Raises:
+        argparse.ArgumentTypeError: It is not a positive duration.
+    """
+    match = _DURATION.fullmatch(text.strip().lower())
+    if match is None:
+        msg = f"invalid duration {text!r}: use {_DURATION_HELP}"
+        raise argparse.ArgumentTypeError(msg)
+    seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if not seconds > 0:
+        msg = f"invalid duration {text!r}: it must be more than 0"
+        raise argparse.ArgumentTypeError(msg)
+    return seconds
+
+
+def positive_int(text: str) -> int:
+    """A positive integer.
+
+    Raises:
+        argparse.ArgumentTypeError: It is not one.
+    """
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        value = 0
+    if value < 1:
+        msg = f"invalid value {text!r}: use a positive integer"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def format_duration(seconds: float) -> str:
+    """``7d``, ``2h``, ``15m``, ``90s``: the largest unit that divides the duration."""
+    for unit in ("d", "h", "m"):
+        if seconds >= _UNITS[unit] and seconds % _UNITS[unit] == 0:
+            return f"{seconds / _UNITS[unit]:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def hide_password(url: str) -> str:
+    """The URL as it may be shown: with its password replaced by ``***``."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return _PASSWORD_IN_URL.sub(r"\1***@", url)
+
+
+def _one_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)
+    if isinstance(exc, SQLAlchemyError) and orig is not None:
+        text = f"{type(orig).__name__}: {orig}"
+    elif isinstance(exc, (CliError, CacheError, SQLAlchemyError)):
+        text = str(exc)
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return _PASSWORD_IN_URL.sub(r"\1***@", lines[0] if lines else type(exc).__name__)
+
+
+# The parser.
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "url", metavar="URL", help="database URL, e.g. postgresql://user@host/db or sqlite:///x.db"
+    )
+    parser.add_argument(
+        "--table",
+        default=DEFAULT_TABLE_NAME,
+        help=f"the cache table (default: {DEFAULT_TABLE_NAME})",
+    )
+    parser.add_argument("--schema", help="the table's schema (default: the database's)")
+    parser.add_argument("--namespace", default="", help="the cache namespace (default: '')")
+
+
+def _parser() -> _Parser:
+    parser = _Parser(
+        prog=PROG,
         description="A native-async LLM response cache for LangChain, backed by SQLAlchemy.",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
     demo = commands.add_parser(
         "demo", help="answer one question twice through the cache: a miss, then a hit"
     )
     demo.add_argument(
-        "--url",
+        "url",
+        metavar="URL",
+        nargs="?",
         help="database URL, e.g. postgresql://postgres@127.0.0.1:5432/test "
         "(default: a SQLite file in a temporary folder)",
     )
+    demo.add_argument("--url", dest="url_option", metavar="URL", help="the same, as an option")
+    demo.set_defaults(run=_demo)
+
+    stats = commands.add_parser("stats", help="what the cache table holds")
+    _common(stats)
+    stats.set_defaults(run=_stats)
+
+    purge = commands.add_parser(
+        "purge", help="delete expired entries (--ttl) or the oldest beyond a bound (--max-entries)"
+    )
+    _common(purge)
+    purge.add_argument(
+        "--ttl", type=duration, help=f"delete entries written longer ago: {_DURATION_HELP}"
+    )
+    purge.add_argument(
+        "--max-entries", type=positive_int, help="keep only the newest N entries of the namespace"
+    )
+    purge.set_defaults(run=_purge, command_parser=purge)
+
+    clear = commands.add_parser(
+        "clear", help="delete the namespace's entries, or those of one model or age"
+    )
+    _common(clear)
+    clear.add_argument("--llm-string", help="only this model's entries (its exact llm_string)")
+    clear.add_argument(
+        "--older-than", type=duration, help=f"only entries written longer ago: {_DURATION_HELP}"
+    )
+    clear.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    clear.set_defaults(run=_clear)
+
+    migrate_ = commands.add_parser(
+        "migrate",
+        help="copy a langchain_community cache table (full_llm_cache, full_md5_llm_cache) here",
+    )
+    _common(migrate_)
+    migrate_.add_argument(
+        "--from-table",
+        default="full_llm_cache",
+        help="the langchain_community table: full_llm_cache (SQLAlchemyCache, the default) "
+        "or full_md5_llm_cache (SQLAlchemyMd5Cache); the layout is told by its columns",
+    )
+    migrate_.add_argument("--from-schema", help="its schema (default: the database's)")
+    migrate_.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=500,
+        help="source rows read and written per statement (default: 500)",
+    )
+    migrate_.add_argument(
+        "--no-store-prompts",
+        action="store_true",
+        help="store only the hashes of prompts and llm_strings (as store_prompts=False)",
+    )
+    migrate_.set_defaults(run=_migrate)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; errors are one line on stderr and a non-zero exit."""
-    args = _parser().parse_args(argv)
-    try:
-        if args.command == "demo":
-            from ._demo import run_demo
+    """Run the command line; errors are one line on stderr and a non-zero exit.
 
-            run_demo(args.url, sys.stdout)
-    except (CacheError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    Args:
+        argv: The arguments, without the program name; None for ``sys.argv[1:]``.
+
+    Returns:
+        The exit status: 0, 1 on an error, 2 on a bad command line, 130 if interrupted.
+    """
+    parser = _parser()
+    args = parser.parse_args(argv)
+    run: Callable[[argparse.Namespace], int] = args.run
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a database or configuration error: one line, no traceback
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 1
-    except Exception as exc:  # a database error: one line, not a traceback
+
+
+# Opening the cache of an existing table.
+
+
+def _where(args: argparse.Namespace) -> str:
+    name = args.table if args.schema is None else f"{args.schema}.{args.table}"
+    namespace = f" (namespace {args.namespace!r})" if args.namespace else ""
+    return f"table {name!r}{namespace} in {hide_password(args.url)}"
+
+
+def _open(args: argparse.Namespace, **options: Any) -> SQLAlchemyCache:
+    """The cache on ``args``' table, which must exist: nothing is created."""
+    cache = SQLAlchemyCache(
+        args.url,
+        table_name=args.table,
+        schema=args.schema,
+        namespace=args.namespace,
+        on_error="raise",
+        create_table=False,
+        **options,
+    )
+    try:
+        _check_table(cache, args)
+    except BaseException:
+        cache.close()
+        raise
+    return cache
+
+
+def _check_table(cache: SQLAlchemyCache, args: argparse.Namespace) -> None:
+    name = args.table if args.schema is None else f"{args.schema}.{args.table}"
+    where = hide_password(args.url)
+    inspector = inspect(cache.sync_engine)
+    if not inspector.has_table(args.table, schema=args.schema):
+        raise CliError(f"table {name!r} does not exist in {where}")
+    found = {c["name"] for c in inspector.get_columns(args.table, schema=args.schema)}
+    expected = cache_table(MetaData(), args.table, args.schema).columns
+    missing = [c.name for c in expected if c.name not in found]
+    if missing:
+        msg = (
+            f"table {name!r} in {where} is not a langchain-sqlalchemy-cache table "
+            f"(it lacks the columns {missing})"
+        )
+        raise CliError(msg)
+
+
+# The subcommands.
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from ._demo import run_demo
+
+    if args.url and args.url_option and args.url != args.url_option:
+        raise CliError("demo: give the URL once, as URL or as --url")
+    run_demo(args.url or args.url_option, sys.stdout)
+    return 0
+
+
+def _size(count: int) -> str:
+    value = float(count)
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{count:,} bytes" if unit == "bytes" else f"{value:,.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _when(moment: datetime | None) -> str:
+    if moment is None:
+        return "-"
+    age = max(0.0, (datetime.now(timezone.utc) - moment).total_seconds())
+    ago = format_duration(round(age)) if age >= 1 else "0s"
+    return f"{moment:%Y-%m-%d %H:%M:%S} UTC ({ago} ago)"
+
+
+def _model_label(llm_string: str | None, key: str | None) -> str:
+    if llm_string is None:
+        return f"llm_key {(key or '?')[:16]}... (llm_string not stored)"
+    flat = " ".join(llm_string.split())
+    return flat if len(flat) <= 100 else flat[:97] + "..."
+
+
+def format_stats(stats: TableStats, where: str) -> str:
+    """``stats``' report of a table's statistics."""
+    lines = [
+        where,
+        f"entries:   {stats.entries:,}",
+        f"payloads:  {_size(stats.payload_bytes)}",
+        "on disk:   "
+        + (
+            "unknown on this backend"
+            if stats.table_bytes is None
+            else f"{_size(stats.table_bytes)} (the whole table, all namespaces, with indexes)"
+        ),
+        f"oldest:    {_when(stats.oldest)}",
+        f"newest:    {_when(stats.newest)}",
+        f"models:    {len(stats.models):,}",
+    ]
+    for model in stats.models[:_STATS_MODELS]:
+        lines.append(f"  {model.entries:>10,}  {_model_label(model.llm_string, model.llm_key)}")
+    rest = stats.models[_STATS_MODELS:]
+    if rest:
+        entries = sum(model.entries for model in rest)
+        lines.append(f"  {entries:>10,}  ({len(rest):,} more models)")
+    return "\n".join(lines)
+
+
+def _stats(args: argparse.Namespace) -> int:
+    with _open(args) as cache:
+        stats = cache.table_stats()
+    print(format_stats(stats, _where(args)))
+    return 0
+
+
+def _purge(args: argparse.Namespace) -> int:
+    if args.ttl is None and args.max_entries is None:
+        args.command_parser.error("give --ttl, --max-entries, or both")
+    with _open(args, ttl=args.ttl, max_entries=args.max_entries) as cache:
+        where = _where(args)
+        if args.ttl is not None:
+            deleted = cache.purge_expired()
+            print(
+                f"deleted {deleted:,} entries written more than "
+                f"{format_duration(args.ttl)} ago from {where}"
+            )
+        if args.max_entries is not None:
+            deleted = cache.enforce_max_entries()
+            print(
+                f"deleted {deleted:,} entries beyond the newest {args.max_entries:,} from {where}"
+            )
+    return 0
+
+
+def _count(cache: SQLAlchemyCache, args: argparse.Namespace, cutoff: float | None) -> int:
+    """How many entries ``clear`` with these filters would delete."""
+    table = cache_table(MetaData(), args.table, args.schema)
+    query = select(func.count()).select_from(table).where(table.c.namespace == args.namespace)
+    if args.llm_string is not None:
+        query = query.where(table.c.llm_key == llm_key(args.llm_string))
+    if cutoff is not None:
+        query = query.where(table.c.updated_at < cutoff)
+    with cache.sync_engine.connect() as connection:
+        return int(connection.execute(query).scalar_one())
+
+
+def _confirmed() -> bool:
+    try:
+        answer = input("Delete them? [y/N] ")
+    except EOFError:
+        return False
+    return answer.strip().lower() in ("y", "yes")
+
+
+def _clear(args: argparse.Namespace) -> int:
+    with _open(args) as cache:
+        # One cutoff, fixed when counting: what is deleted is what was counted.
+        cutoff = None if args.older_than is None else time.time() - args.older_than
+        count = _count(cache, args, cutoff)
+        what = "entries"
+        if args.llm_string is not None:
+            what += f" of the model {_model_label(args.llm_string, None)!r}"
+        if args.older_than is not None:
+            what += f" written more than {format_duration(args.older_than)} ago"
+        where = _where(args)
+        if count == 0:
+            print(f"nothing to delete: no {what} in {where}")
+            return 0
+        print(f"{count:,} {what} would be deleted from {where}")
+        if not args.yes:
+            if not sys.stdin.isatty():
+                raise CliError(
+                    "clear asks for confirmation and stdin is not a terminal: pass --yes"
+                )
+            if not _confirmed():
+                print("nothing deleted", file=sys.stderr)
+                return 1
+        filters: dict[str, Any] = {}
+        if args.llm_string is not None:
+            filters["llm_string"] = args.llm_string
+        if cutoff is not None:
+            filters["older_than"] = time.time() - cutoff
+        cache.clear(**filters)
+    print(f"deleted {count:,} {what}")
+    return 0
+
+
+class ProgressBar:
+    """A migration's progress on a stream.
+
+    On a terminal one line is redrawn; elsewhere (a log) a line is written per tenth of
+    the rows.
+    """
+
+    def __init__(self, stream: IO[str], width: int = 30) -> None:
+        self._stream = stream
+        self._tty = stream.isatty()
+        self._width = width
+        self._tenths = -1
+        self._drawn = 0
+        self.last: MigrationProgress | None = None
+
+    def __call__(self, progress: MigrationProgress) -> None:
+        """Show ``progress``."""
+        self.last = progress
+        total = progress.total_rows
+        fraction = min(1.0, progress.rows_read / total) if total else 1.0
+        filled = int(fraction * self._width)
+        line = (
+            f"[{'#' * filled}{'.' * (self._width - filled)}] {fraction:4.0%}  "
+            f"{progress.rows_read:,}/{total:,} rows: {progress.copied:,} copied, "
+            f"{progress.skipped:,} skipped, {progress.unreadable:,} unreadable"
+        )
+        if self._tty:
+            self._stream.write("\r" + line.ljust(self._drawn))
+            self._drawn = len(line)
+        elif int(fraction * 10) > self._tenths:
+            self._tenths = int(fraction * 10)
+            self._stream.write(line + "\n")
+        self._stream.flush()
+
+    def finish(self) -> None:
+        """End the redrawn line, if one was drawn."""
+        if self._tty and self._drawn:
+            self._stream.write("\n")
+            self._stream.flush()
+            self._drawn = 0
+
+
+def format_report(report: MigrationReport, source: str, where: str) -> str:
+    """``migrate``'s summary of a finished migration."""
+    lines = [
+        f"migrated {source!r} ({report.layout} layout, {report.rows_read:,} rows) into {where}",
+        f"copied {report.copied:,} entries, skipped {report.skipped:,} already present, "
+        f"{report.unreadable:,} unreadable",
+    ]
+    for reason, count in sorted(report.reasons.items(), key=lambda item: (-item[1], item[0])):
+        lines.append(f"  {count:>10,}  {reason}")
+    return "\n".join(lines)
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    bar = ProgressBar(sys.stderr)
+    try:
+        report = migrate(
+            args.url,
+            args.from_table,
+            from_schema=args.from_schema,
+            table_name=args.table,
+            schema=args.schema,
+            namespace=args.namespace,
+            store_prompts=not args.no_store_prompts,
+            batch_size=args.batch_size,
+            progress=bar,
+        )
+    except KeyboardInterrupt:
+        bar.finish()
+        copied = bar.last.copied if bar.last else 0
         print(
-            f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+            f"interrupted after copying {copied:,} entries: run the same command again to "
+            "finish (what is already copied is skipped)",
             file=sys.stderr,
         )
-        return 1
+        return 130
+    except BaseException:
+        bar.finish()
+        raise
+    bar.finish()
+    source = (
+        args.from_table if args.from_schema is None else f"{args.from_schema}.{args.from_table}"
+    )
+    print(format_report(report, source, _where(args)))
     return 0

@@ -10,7 +10,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import sessionmaker
 
 from ._statements import Params
-from ._table import TableReadiness, create_table
+from ._table import TableReadiness, prepare_table
 
 
 class SyncExecutor:
@@ -28,7 +28,7 @@ class SyncExecutor:
         with self._readiness.thread_lock:
             if not self._readiness.ready:
                 with self._engine.connect() as connection:
-                    create_table(connection, self._table)
+                    prepare_table(connection, self._table, create=self._readiness.create)
                 self._readiness.ready = True
 
     def _run(

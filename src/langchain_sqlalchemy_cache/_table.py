@@ -1,4 +1,4 @@
-"""Creating the cache table before first use, exactly once per cache object."""
+"""Making sure of the cache table before first use, exactly once per cache object."""
 
 from __future__ import annotations
 
@@ -12,17 +12,39 @@ from ._errors import ConfigurationError
 from ._loops import PerLoop
 
 
-def create_table(connection: Connection, table: Table) -> None:
-    """CREATE TABLE IF NOT EXISTS, tolerating a concurrent creator; check the columns.
+class MissingTableError(LookupError):
+    """The table is not there and the cache may not create it.
 
-    PostgreSQL can fail two concurrent ``CREATE TABLE IF NOT EXISTS`` of the same
-    name with a unique violation in its catalog; the loser only needs the table to exist.
+    Not a ``CacheError``: like a database error, it makes a call a miss (or a
+    ``CacheError`` under ``on_error="raise"``), since migrations may create the table
+    after the application started; the next call looks again.
     """
-    try:
-        table.create(connection, checkfirst=True)
-    except DBAPIError:
-        if not inspect(connection).has_table(table.name, schema=table.schema):
-            raise
+
+
+def prepare_table(connection: Connection, table: Table, *, create: bool) -> None:
+    """Create the table if asked to and missing, then check that its columns are ours.
+
+    Creating tolerates a concurrent creator: PostgreSQL can fail two concurrent
+    ``CREATE TABLE IF NOT EXISTS`` of the same name with a unique violation in its
+    catalog; the loser only needs the table to exist.
+
+    Raises:
+        MissingTableError: ``create`` is False and the table does not exist.
+        ConfigurationError: The table exists with other columns.
+    """
+    if create:
+        try:
+            table.create(connection, checkfirst=True)
+        except DBAPIError:
+            if not inspect(connection).has_table(table.name, schema=table.schema):
+                raise
+    elif not inspect(connection).has_table(table.name, schema=table.schema):
+        where = connection.engine.url.render_as_string(hide_password=True)
+        msg = (
+            f"the table {table.name!r} does not exist in {where}: create it with your "
+            "migrations (see cache_table()) or pass create_table=True"
+        )
+        raise MissingTableError(msg)
     found = {column["name"] for column in inspect(connection).get_columns(table.name, table.schema)}
     missing = [column.name for column in table.columns if column.name not in found]
     if missing:
@@ -33,14 +55,22 @@ def create_table(connection: Connection, table: Table) -> None:
         raise ConfigurationError(msg)
 
 
+def create_table(connection: Connection, table: Table) -> None:
+    """Create the table if missing and check its columns (``prepare_table``, creating)."""
+    prepare_table(connection, table, create=True)
+
+
 class TableReadiness:
-    """Whether the table is known to exist, and the locks that make creating it happen once.
+    """Whether the table is known to be usable, and the locks that check it once.
+
+    With ``create``, checking includes creating it when missing.
 
     Threads share one lock; coroutines wait on a lock of their own event loop, since an
     asyncio lock must not be shared between loops.
     """
 
     def __init__(self, *, create: bool) -> None:
-        self.ready = not create
+        self.create = create
+        self.ready = False
         self.thread_lock = threading.Lock()
         self.loop_locks: PerLoop[asyncio.Lock] = PerLoop(asyncio.Lock)

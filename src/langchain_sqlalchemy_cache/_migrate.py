@@ -1,0 +1,644 @@
+"""Copying a ``langchain_community`` SQL cache into this cache's table.
+
+``langchain_community.cache.SQLAlchemyCache`` keeps one row per generation in
+``full_llm_cache`` (primary key ``prompt, llm, idx``); ``SQLAlchemyMd5Cache`` does the
+same in ``full_md5_llm_cache`` with a random ``id`` as primary key and the prompt's MD5.
+Either way ``response`` is ``langchain_core.load.dumps(generation)``, or plain text in
+rows written by very old releases.
+
+The rows are read in pages by keyset on the table's ordering (never OFFSET, never the
+whole table in memory), grouped per (prompt, llm) in ``idx`` order into one entry, and
+written under this cache's key with an insert-if-absent: entries already in the
+destination (a previous run, or this cache since) are left alone and counted as
+skipped, so a rerun copies nothing twice and an interrupted run is resumed by running
+it again. The source table is only read.
+
+``response`` is never passed to ``langchain_core.load``: a converter with the codec's
+allowlists builds generation and message classes from their serialized kwargs, and an
+entry holding anything else (a secret, an unserializable placeholder, any other class)
+is counted as unreadable, with a short reason. A response that is not a serialized
+object at all becomes ``Generation(text=response)``, as ``langchain_community`` reads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from langchain_core.outputs import Generation
+from sqlalchemy import (
+    URL,
+    Connection,
+    Engine,
+    Insert,
+    Integer,
+    LargeBinary,
+    Select,
+    String,
+    Table,
+    TableClause,
+    and_,
+    bindparam,
+    cast,
+    column,
+    func,
+    inspect,
+    or_,
+    select,
+    table,
+    tuple_,
+)
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ._cache import SQLAlchemyCache
+from ._codec import (
+    GENERATION_CLASSES,
+    MESSAGE_CLASSES,
+    UncacheableError,
+    encode_generations,
+    encode_text,
+)
+from ._errors import CacheError
+from ._keys import cache_key, llm_key
+from ._schema import DEFAULT_TABLE_NAME
+from ._statements import Params, Row, entry_row
+from ._table import create_table
+
+# langchain_core.load refuses deeper nesting too.
+_MAX_DEPTH = 200
+# The namespaces langchain_core's dumps() writes class paths under.
+_LC_NAMESPACES = ("langchain", "langchain_core")
+_ESCAPED_KEY = "__lc_escaped__"
+# A hostile table could give every row its own reason; the report stays small.
+_MAX_REASONS = 50
+_OTHER_REASONS = "other reasons"
+
+
+class MigrationError(CacheError):
+    """The source table cannot be migrated (missing, of an unknown layout, ...)."""
+
+
+# Layouts of the source table.
+
+
+@dataclass(frozen=True)
+class SourceLayout:
+    """One ``langchain_community`` table layout.
+
+    Attributes:
+        name: The table name ``langchain_community`` gives it.
+        cache_class: The ``langchain_community`` cache class that writes it.
+        columns: The columns it has.
+        order: The columns the rows are paged by: the group columns first, so the
+            rows of one entry are adjacent, then ``idx`` and a tie-breaker.
+        group: How many of ``order`` identify one entry.
+    """
+
+    name: str
+    cache_class: str
+    columns: tuple[str, ...]
+    order: tuple[str, ...]
+    group: int
+
+
+FULL_LAYOUT = SourceLayout(
+    name="full_llm_cache",
+    cache_class="SQLAlchemyCache",
+    columns=("prompt", "llm", "idx", "response"),
+    # The primary key: the keyset condition is an index range.
+    order=("prompt", "llm", "idx"),
+    group=2,
+)
+MD5_LAYOUT = SourceLayout(
+    name="full_md5_llm_cache",
+    cache_class="SQLAlchemyMd5Cache",
+    columns=("id", "prompt_md5", "llm", "idx", "prompt", "response"),
+    # prompt_md5 is indexed; the md5 is part of the group because the community
+    # cache finds an entry by it: a row whose md5 does not match is never read.
+    order=("prompt_md5", "llm", "prompt", "idx", "id"),
+    group=3,
+)
+LAYOUTS = (MD5_LAYOUT, FULL_LAYOUT)  # the md5 layout's columns include the other's
+
+
+def detect_layout(columns: Sequence[str]) -> SourceLayout | None:
+    """The layout a table with these columns has, or None."""
+    found = set(columns)
+    return next((layout for layout in LAYOUTS if found.issuperset(layout.columns)), None)
+
+
+# Pure statement builders.
+
+
+@dataclass(frozen=True)
+class SourceStatements:
+    """The statements that read a source table; no I/O here."""
+
+    layout: SourceLayout
+    first_page: Select[Any]
+    next_page: Select[Any]
+    count_rows: Select[Any]
+    count_null_keys: Select[Any]
+
+    def page_params(self, limit: int, after: Sequence[Any] | None) -> dict[str, Any]:
+        """Parameters of ``first_page`` (``after`` None) or ``next_page``."""
+        params: dict[str, Any] = {"limit": limit}
+        for index, value in enumerate(after or ()):
+            params[f"after_{index}"] = value
+        return params
+
+    def page(self, after: Sequence[Any] | None) -> Select[Any]:
+        """The statement of the page after the row whose ordering values are ``after``."""
+        return self.first_page if after is None else self.next_page
+
+
+def source_table(name: str, schema: str | None, layout: SourceLayout) -> TableClause:
+    """A lightweight description of the source table (no reflection)."""
+    types = {"idx": Integer()}
+    return table(name, *(column(c, types.get(c, String())) for c in layout.columns), schema=schema)
+
+
+def build_source_statements(
+    source: TableClause, layout: SourceLayout, dialect_name: str
+) -> SourceStatements:
+    """Build the statements that page through ``source``.
+
+    A page is ``LIMIT :limit`` rows ordered by ``layout.order``; the next page starts
+    after the last row read (``(a, b, c) > (:after_0, :after_1, :after_2)``), which an
+    index serves without reading the rows before. Rows with a NULL in an ordering
+    column cannot be paged by keyset (NULL compares as unknown); they are left out and
+    counted by ``count_null_keys``.
+    """
+    order = [source.c[name] for name in layout.order]
+    response: Any = source.c.response
+    if dialect_name == "sqlite":
+        # SQLite may hold bytes that are not UTF-8 in a TEXT column; read them as bytes
+        # so that such a row is one unreadable entry instead of a failed page.
+        response = cast(response, LargeBinary).label("response")
+    keys_present = and_(*(c.is_not(None) for c in order))
+    base = select(*order, response).where(keys_present).order_by(*order).limit(bindparam("limit"))
+    after = [bindparam(f"after_{i}", type_=c.type) for i, c in enumerate(order)]
+    # The first column's range is spelled out too: in the md5 layout only it is indexed.
+    later = and_(order[0] >= after[0], tuple_(*order) > tuple_(*after))
+    return SourceStatements(
+        layout=layout,
+        first_page=base,
+        next_page=base.where(later),
+        count_rows=select(func.count()).select_from(source),
+        count_null_keys=select(func.count())
+        .select_from(source)
+        .where(or_(*(c.is_(None) for c in order))),
+    )
+
+
+def build_insert_absent(destination: Table, dialect_name: str, columns: Sequence[str]) -> Insert:
+    """An insert of entries that leaves every key already in ``destination`` alone.
+
+    Its row count is the number of entries inserted. On PostgreSQL a whole batch is
+    one ``INSERT .. SELECT FROM unnest(...)`` (parameters: one ``<column>_array`` per
+    column); elsewhere a single-row insert run with executemany.
+    """
+    return _insert_absent(destination, dialect_name, columns).execution_options(
+        # SQLAlchemy keeps an INSERT's row count only when asked.
+        preserve_rowcount=True
+    )
+
+
+def _insert_absent(destination: Table, dialect_name: str, columns: Sequence[str]) -> Insert:
+    if dialect_name == "postgresql":
+        arrays = [
+            bindparam(f"{name}_array", type_=postgresql.ARRAY(destination.c[name].type))
+            for name in columns
+        ]
+        rows = func.unnest(*arrays).table_valued(*columns).render_derived()
+        pg_stmt = postgresql.insert(destination).from_select(
+            list(columns), select(*(rows.c[name] for name in columns))
+        )
+        return pg_stmt.on_conflict_do_nothing(index_elements=[destination.c.key])
+    if dialect_name in ("mysql", "mariadb"):
+        # Not run by the tests yet: MySQL support is in progress.
+        my_stmt = mysql.insert(destination)
+        return my_stmt.prefix_with("IGNORE")
+    return sqlite.insert(destination).on_conflict_do_nothing(index_elements=[destination.c.key])
+
+
+def insert_params(dialect_name: str, columns: Sequence[str], rows: Sequence[Row]) -> Params:
+    """Parameters of ``build_insert_absent``'s statement for these rows."""
+    if dialect_name == "postgresql":
+        return {f"{name}_array": [row[name] for row in rows] for name in columns}
+    return [dict(row) for row in rows]
+
+
+# Converting langchain_community responses, without langchain_core.load.
+
+
+class UnreadableEntry(ValueError):
+    """A source entry that cannot be converted; the message is the short reason."""
+
+
+def _class_path(node: Mapping[str, Any]) -> str:
+    path = node.get("id")
+    if isinstance(path, list) and all(isinstance(part, str) for part in path):
+        return ".".join(path)[:120]
+    return repr(path)[:120]
+
+
+def _allowed_class(node: Mapping[str, Any], allowlist: Mapping[str, type[Any]]) -> type[Any]:
+    path = node.get("id")
+    if (
+        isinstance(path, list)
+        and len(path) >= 2
+        and all(isinstance(part, str) for part in path)
+        and path[0] in _LC_NAMESPACES
+        and path[-1] in allowlist
+    ):
+        return allowlist[path[-1]]
+    raise UnreadableEntry(f"holds a class outside the allowlist: {_class_path(node)}")
+
+
+def _is_special(node: Mapping[str, Any]) -> bool:
+    # Exactly the nodes langchain_core.load would act on; any other dict is data.
+    return (
+        node.get("lc") == 1
+        and node.get("type") in ("constructor", "secret", "not_implemented")
+        and node.get("id") is not None
+    )
+
+
+def _construct(node: Mapping[str, Any], allowlist: Mapping[str, type[Any]], depth: int) -> Any:
+    if node.get("type") == "secret":
+        raise UnreadableEntry("holds a secret (never read from the environment)")
+    if node.get("type") == "not_implemented":
+        raise UnreadableEntry(f"holds an unserializable object: {_class_path(node)}")
+    cls = _allowed_class(node, allowlist)
+    kwargs = node.get("kwargs", {})
+    if not isinstance(kwargs, dict):
+        raise UnreadableEntry(f"{cls.__name__} kwargs are not an object")
+    revived = {name: _revive(value, depth + 1) for name, value in kwargs.items()}
+    try:
+        # The same call langchain_core.load makes, on an allowlisted pydantic class.
+        return cls(**revived)
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UnreadableEntry(f"invalid {cls.__name__}: {first[:120]}") from None
+
+
+def _revive(value: Any, depth: int) -> Any:
+    """A kwargs value, with nested serialized messages built and escapes removed."""
+    if depth > _MAX_DEPTH:
+        raise UnreadableEntry(f"nested more than {_MAX_DEPTH} levels deep")
+    if isinstance(value, list):
+        return [_revive(item, depth + 1) for item in value]
+    if not isinstance(value, dict):
+        return value
+    if len(value) == 1 and _ESCAPED_KEY in value:
+        return value[_ESCAPED_KEY]  # user data that had an "lc" key: as it was
+    if _is_special(value):
+        return _construct(value, MESSAGE_CLASSES, depth)
+    return {name: _revive(item, depth + 1) for name, item in value.items()}
+
+
+def convert_response(response: str | bytes | None) -> Generation:
+    """One ``response`` of a ``langchain_community`` row as a generation.
+
+    Raises:
+        UnreadableEntry: The response is a serialized object this cache does not build
+            (the message says why), or is NULL or not text.
+    """
+    if response is None:
+        raise UnreadableEntry("response is NULL")
+    if isinstance(response, (bytes, bytearray, memoryview)):
+        try:
+            response = bytes(response).decode("utf-8")
+        except UnicodeDecodeError:
+            raise UnreadableEntry("response is not valid UTF-8") from None
+    if not isinstance(response, str):
+        raise UnreadableEntry(f"response is a {type(response).__name__}, not text")
+    try:
+        parsed = json.loads(response)
+    except (ValueError, RecursionError):
+        parsed = None
+    if not isinstance(parsed, dict) or "lc" not in parsed:
+        # Old releases stored the text itself; langchain_community reads it back so.
+        return Generation(text=response)
+    if not _is_special(parsed):
+        raise UnreadableEntry("a serialized object that is not a generation")
+    generation = _construct(parsed, GENERATION_CLASSES, 0)
+    if not isinstance(generation, Generation):  # pragma: no cover - the allowlist says so
+        raise UnreadableEntry("a serialized object that is not a generation")
+    return generation
+
+
+def md5_matches(prompt: str, prompt_md5: str) -> bool:
+    """Whether ``SQLAlchemyMd5Cache`` would find a row: its lookup filters on the md5."""
+    try:
+        digest = hashlib.md5(prompt.encode(), usedforsecurity=False).hexdigest()
+    except UnicodeEncodeError:
+        return False
+    return digest == prompt_md5
+
+
+# The migration.
+
+
+@dataclass(frozen=True)
+class MigrationProgress:
+    """Where a migration is, passed to the ``progress`` callback after every batch.
+
+    Attributes:
+        rows_read: Source rows read so far.
+        total_rows: Rows the source table had when the migration started.
+        copied: Entries written so far.
+        skipped: Entries already in the destination so far.
+        unreadable: Entries that could not be converted so far.
+    """
+
+    rows_read: int
+    total_rows: int
+    copied: int
+    skipped: int
+    unreadable: int
+
+
+@dataclass(frozen=True)
+class MigrationReport:
+    """What a migration did.
+
+    Attributes:
+        layout: The source table's layout (``full_llm_cache`` or ``full_md5_llm_cache``).
+        rows_read: Source rows read.
+        copied: Entries (one per prompt and model) written to the destination.
+        skipped: Entries already in the destination, left as they were.
+        unreadable: Entries that could not be converted, not written.
+        reasons: Why entries were unreadable: a short reason and how many.
+    """
+
+    layout: str
+    rows_read: int
+    copied: int
+    skipped: int
+    unreadable: int
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Group:
+    """The rows of one source entry, in ``idx`` order."""
+
+    ident: tuple[Any, ...]
+    prompt: str
+    llm: str
+    prompt_md5: str | None
+    responses: list[Any]
+
+
+@dataclass
+class _Tally:
+    rows_read: int = 0
+    copied: int = 0
+    skipped: int = 0
+    unreadable: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def refuse(self, reason: str, entries: int = 1) -> None:
+        self.unreadable += entries
+        if reason not in self.reasons and len(self.reasons) >= _MAX_REASONS:
+            reason = _OTHER_REASONS
+        self.reasons[reason] = self.reasons.get(reason, 0) + entries
+
+
+def _group_of(layout: SourceLayout, row: Any) -> _Group:
+    if layout is MD5_LAYOUT:
+        return _Group(
+            ident=(row.prompt_md5, row.llm, row.prompt),
+            prompt=row.prompt,
+            llm=row.llm,
+            prompt_md5=row.prompt_md5,
+            responses=[],
+        )
+    return _Group(
+        ident=(row.prompt, row.llm), prompt=row.prompt, llm=row.llm, prompt_md5=None, responses=[]
+    )
+
+
+def _pages(
+    connection: Connection, statements: SourceStatements, batch_size: int
+) -> Iterator[tuple[list[_Group], int]]:
+    """Yield, per page, the entries it completed and how many rows it had.
+
+    An entry whose rows continue on the next page is held back until it is complete.
+    """
+    layout = statements.layout
+    after: tuple[Any, ...] | None = None
+    pending: _Group | None = None
+    while True:
+        rows = connection.execute(
+            statements.page(after), statements.page_params(batch_size, after)
+        ).all()
+        complete: list[_Group] = []
+        for row in rows:
+            ident = tuple(row[: layout.group])
+            if pending is None or pending.ident != ident:
+                if pending is not None:
+                    complete.append(pending)
+                pending = _group_of(layout, row)
+            pending.responses.append(row.response)
+        last_page = len(rows) < batch_size
+        if last_page and pending is not None:
+            complete.append(pending)
+        yield complete, len(rows)
+        if last_page:
+            return
+        after = tuple(rows[-1][: len(layout.order)])
+
+
+def _entry(group: _Group, *, namespace: str, store_prompts: bool, now: float) -> Row:
+    """The destination row of one source entry.
+
+    Raises:
+        UnreadableEntry: It cannot be converted.
+    """
+    if not isinstance(group.prompt, str) or not isinstance(group.llm, str):
+        raise UnreadableEntry("prompt or llm is not text")
+    if group.prompt_md5 is not None and not md5_matches(group.prompt, group.prompt_md5):
+        raise UnreadableEntry("prompt_md5 does not match the prompt (never found by lookups)")
+    generations = [convert_response(response) for response in group.responses]
+    try:
+        payload = encode_generations(generations)
+    except UncacheableError as exc:
+        raise UnreadableEntry(str(exc)[:160]) from None
+    return entry_row(
+        cache_key(group.prompt, group.llm, namespace),
+        encode_text(group.prompt) if store_prompts else None,
+        encode_text(group.llm) if store_prompts else None,
+        payload,
+        now,
+        namespace=namespace,
+        llm_key=llm_key(group.llm),
+    )
+
+
+def _positive(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        msg = f"{name} must be a positive int, got {value!r}"
+        raise MigrationError(msg)
+    return value
+
+
+def _source_layout(
+    connection: Connection, from_table: str, from_schema: str | None, where: str
+) -> SourceLayout:
+    inspector = inspect(connection)
+    qualified = from_table if from_schema is None else f"{from_schema}.{from_table}"
+    if not inspector.has_table(from_table, schema=from_schema):
+        msg = f"table {qualified!r} does not exist in {where}"
+        raise MigrationError(msg)
+    columns = [c["name"] for c in inspector.get_columns(from_table, schema=from_schema)]
+    layout = detect_layout(columns)
+    if layout is None:
+        msg = (
+            f"table {qualified!r} in {where} is not a langchain_community SQL cache: it has "
+            f"the columns {sorted(columns)}, and full_llm_cache has "
+            f"{list(FULL_LAYOUT.columns)}, full_md5_llm_cache {list(MD5_LAYOUT.columns)}"
+        )
+        raise MigrationError(msg)
+    return layout
+
+
+def migrate(
+    engine: str | URL | Engine | AsyncEngine,
+    from_table: str = FULL_LAYOUT.name,
+    *,
+    from_schema: str | None = None,
+    table_name: str = DEFAULT_TABLE_NAME,
+    schema: str | None = None,
+    namespace: str = "",
+    store_prompts: bool = True,
+    batch_size: int = 500,
+    progress: Callable[[MigrationProgress], None] | None = None,
+) -> MigrationReport:
+    """Copy a ``langchain_community`` SQL cache table into this cache's table.
+
+    Both tables are in the database ``engine`` points at. The source is only read; the
+    destination table is created if it is missing. Entries already in the destination
+    are left alone and counted as skipped, so running it again copies nothing twice, and
+    an interrupted run (an exception in ``progress``, Ctrl-C, a lost connection) is
+    finished by running it again.
+
+    Args:
+        engine: The database: a URL, or a sync or async engine, as ``SQLAlchemyCache``
+            takes it.
+        from_table: The ``langchain_community`` table: ``full_llm_cache``
+            (``SQLAlchemyCache``) or ``full_md5_llm_cache`` (``SQLAlchemyMd5Cache``), or
+            the same layout under another name; the layout is told by its columns.
+        from_schema: The source table's schema, None for the default.
+        table_name: This cache's table to copy into.
+        schema: That table's schema, None for the default.
+        namespace: The namespace the entries are written under.
+        store_prompts: Keep the prompt and llm_string text (as ``SQLAlchemyCache``).
+        batch_size: Source rows read per page; each page's entries are written in one
+            statement (PostgreSQL) or one executemany.
+        progress: Called after each page with a ``MigrationProgress``. An exception it
+            raises stops the migration, with every page before it written.
+
+    Returns:
+        What was copied, skipped and unreadable, with the reasons.
+
+    Raises:
+        MigrationError: The source table is missing, of another layout, or the same
+            table as the destination; or ``batch_size`` is not a positive int.
+        ConfigurationError: The engine or the destination options cannot be used, or
+            the destination table exists with another layout.
+    """
+    batch_size = _positive("batch_size", batch_size)
+    if (from_table, from_schema) == (table_name, schema):
+        msg = f"the source and destination table are both {table_name!r}"
+        raise MigrationError(msg)
+    with SQLAlchemyCache(
+        engine,
+        table_name=table_name,
+        schema=schema,
+        namespace=namespace,
+        store_prompts=store_prompts,
+        on_error="raise",
+        create_table=False,
+    ) as cache:
+        sync_engine = cache.sync_engine
+        dialect_name = sync_engine.dialect.name
+        where = sync_engine.url.render_as_string(hide_password=True)
+        with sync_engine.connect() as connection:
+            layout = _source_layout(connection, from_table, from_schema, where)
+            destination = cache._table
+            create_table(connection, destination)
+            statements = build_source_statements(
+                source_table(from_table, from_schema, layout), layout, dialect_name
+            )
+            return _copy(
+                connection,
+                statements,
+                destination,
+                batch_size=batch_size,
+                namespace=namespace,
+                store_prompts=store_prompts,
+                progress=progress,
+            )
+
+
+def _copy(
+    connection: Connection,
+    statements: SourceStatements,
+    destination: Table,
+    *,
+    batch_size: int,
+    namespace: str,
+    store_prompts: bool,
+    progress: Callable[[MigrationProgress], None] | None,
+) -> MigrationReport:
+    dialect_name = connection.dialect.name
+    total = int(connection.execute(statements.count_rows).scalar_one())
+    tally = _Tally()
+    insert: Insert | None = None
+    columns: tuple[str, ...] = ()
+    for groups, rows_read in _pages(connection, statements, batch_size):
+        tally.rows_read += rows_read
+        now = time.time()
+        rows: list[Row] = []
+        for group in groups:
+            try:
+                rows.append(
+                    _entry(group, namespace=namespace, store_prompts=store_prompts, now=now)
+                )
+            except UnreadableEntry as exc:
+                tally.refuse(str(exc))
+        if rows:
+            if insert is None:
+                columns = tuple(rows[0])
+                insert = build_insert_absent(destination, dialect_name, columns)
+            result = connection.execute(insert, insert_params(dialect_name, columns, rows))
+            inserted = int(result.rowcount)
+            tally.copied += inserted
+            tally.skipped += len(rows) - inserted
+        if progress is not None:
+            progress(
+                MigrationProgress(
+                    tally.rows_read, total, tally.copied, tally.skipped, tally.unreadable
+                )
+            )
+    null_keys = int(connection.execute(statements.count_null_keys).scalar_one())
+    if null_keys:
+        names = ", ".join(statements.layout.order)
+        tally.refuse(f"a NULL in {names}", null_keys)
+        tally.rows_read += null_keys
+    return MigrationReport(
+        layout=statements.layout.name,
+        rows_read=tally.rows_read,
+        copied=tally.copied,
+        skipped=tally.skipped,
+        unreadable=tally.unreadable,
+        reasons=dict(tally.reasons),
+    )
