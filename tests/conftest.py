@@ -80,7 +80,8 @@ def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     MySQL/MariaDB server."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'cache.db'}"
-    return str(request.getfixturevalue(f"{request.param}_url"))
+    server = {"postgresql": "postgres_url", "mysql": "mysql_url"}[request.param]
+    return str(request.getfixturevalue(server))
 
 
 CacheFactory = Callable[..., SQLAlchemyCache]
