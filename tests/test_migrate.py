@@ -644,3 +644,30 @@ def test_a_table_larger_than_a_page_many_times(community: Community) -> None:
                 source, f"prompt {i:05d}", llm
             )
             assert len(ours.lookup(f"prompt {i:05d}", llm) or []) == i % 3 + 1
+
+
+def test_a_new_row_over_an_old_plain_text_row(community: Community) -> None:
+    """langchain_community's update() overwrites rows by idx and leaves the others, so an
+    entry can mix a serialized row with an old plain-text one. Its lookup then falls back
+    to the raw text of every row; the migration reads each row on its own."""
+    source = community.full()
+    community.insert_rows(
+        FULL_LAYOUT.name,
+        [full_row("mixed", GPT, 0, "old plain 0"), full_row("mixed", GPT, 1, "old plain 1")],
+    )
+    source.update("mixed", GPT, [Generation(text="new")])
+    assert community_lookup(source, "mixed", GPT) == [
+        Generation(text=dumps(Generation(text="new"))),
+        Generation(text="old plain 1"),
+    ]
+    destination = unique_table()
+    # An Engine works as well as a URL (here langchain_community's own).
+    report = migrate(
+        community.engine,
+        from_schema=community.schema,
+        table_name=destination,
+        schema=community.schema,
+    )
+    assert (report.copied, report.unreadable) == (1, 0)
+    with community.ours(table_name=destination) as ours:
+        assert ours.lookup("mixed", GPT) == [Generation(text="new"), Generation(text="old plain 1")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,12 +30,24 @@ class AsyncExecutor:
         if self._readiness.ready:
             return
         async with self._readiness.loop_locks.get():
-            if not self._readiness.ready:
-                async with self._engines.get().connect() as connection:
-                    await connection.run_sync(
-                        prepare_table, self._table, create=self._readiness.create
-                    )
-                self._readiness.ready = True
+            while not self._readiness.ready:
+                # One loop at a time, across threads: the first connection also
+                # initializes the dialect the per-loop engines share, and SQLAlchemy only
+                # serializes that within one pool; a loop that connected meanwhile would
+                # run on a half-initialized dialect. Others poll: a thread lock must not
+                # block an event loop.
+                if not self._readiness.loop_owner.acquire(blocking=False):
+                    await asyncio.sleep(0.005)
+                    continue
+                try:
+                    if not self._readiness.ready:
+                        async with self._engines.get().connect() as connection:
+                            await connection.run_sync(
+                                prepare_table, self._table, create=self._readiness.create
+                            )
+                        self._readiness.ready = True
+                finally:
+                    self._readiness.loop_owner.release()
 
     async def _run(
         self, statement: Executable, params: Params | None, *, rows: bool

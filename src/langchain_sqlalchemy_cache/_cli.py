@@ -52,12 +52,9 @@ def duration(text: str) -> float:
         argparse.ArgumentTypeError: It is not a positive duration.
     """
     match = _DURATION.fullmatch(text.strip().lower())
-    if match is None:
-        msg = f"invalid duration {text!r}: use {_DURATION_HELP}"
-        raise argparse.ArgumentTypeError(msg)
-    seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    seconds = 0.0 if match is None else float(match.group(1)) * _UNITS[match.group(2)]
     if not seconds > 0:
-        msg = f"invalid duration {text!r}: it must be more than 0"
+        msg = f"invalid duration {text!r}: use more than 0 {_DURATION_HELP}"
         raise argparse.ArgumentTypeError(msg)
     return seconds
 
@@ -151,10 +148,16 @@ def _parser() -> _Parser:
     )
     _common(purge)
     purge.add_argument(
-        "--ttl", type=duration, help=f"delete entries written longer ago: {_DURATION_HELP}"
+        "--ttl",
+        type=duration,
+        metavar="DURATION",
+        help=f"delete entries written longer ago: {_DURATION_HELP}",
     )
     purge.add_argument(
-        "--max-entries", type=positive_int, help="keep only the newest N entries of the namespace"
+        "--max-entries",
+        type=positive_int,
+        metavar="N",
+        help="keep only the newest N entries of the namespace",
     )
     purge.set_defaults(run=_purge, command_parser=purge)
 
@@ -164,7 +167,10 @@ def _parser() -> _Parser:
     _common(clear)
     clear.add_argument("--llm-string", help="only this model's entries (its exact llm_string)")
     clear.add_argument(
-        "--older-than", type=duration, help=f"only entries written longer ago: {_DURATION_HELP}"
+        "--older-than",
+        type=duration,
+        metavar="DURATION",
+        help=f"only entries written longer ago: {_DURATION_HELP}",
     )
     clear.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
     clear.set_defaults(run=_clear)
@@ -184,6 +190,7 @@ def _parser() -> _Parser:
     migrate_.add_argument(
         "--batch-size",
         type=positive_int,
+        metavar="N",
         default=500,
         help="source rows read and written per statement (default: 500)",
     )

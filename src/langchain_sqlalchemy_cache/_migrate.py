@@ -47,6 +47,7 @@ from sqlalchemy import (
     column,
     func,
     inspect,
+    make_url,
     or_,
     select,
     table,
@@ -570,14 +571,20 @@ def migrate(
     ) as cache:
         sync_engine = cache.sync_engine
         dialect_name = sync_engine.dialect.name
-        where = sync_engine.url.render_as_string(hide_password=True)
+        # Errors name the database as the caller did (not with the derived sync driver).
+        named = make_url(engine) if isinstance(engine, (str, URL)) else sync_engine.url
+        where = named.render_as_string(hide_password=True)
+        destination = cache._table
         with sync_engine.connect() as connection:
             layout = _source_layout(connection, from_table, from_schema, where)
-            destination = cache._table
             create_table(connection, destination)
-            statements = build_source_statements(
-                source_table(from_table, from_schema, layout), layout, dialect_name
-            )
+        statements = build_source_statements(
+            source_table(from_table, from_schema, layout), layout, dialect_name
+        )
+        with sync_engine.connect() as connection:
+            # The cache's connections autocommit every statement; a migration commits
+            # once per batch instead (SQLite would commit every row of an executemany).
+            connection.execution_options(isolation_level=connection.default_isolation_level)
             return _copy(
                 connection,
                 statements,
@@ -623,6 +630,7 @@ def _copy(
             inserted = int(result.rowcount)
             tally.copied += inserted
             tally.skipped += len(rows) - inserted
+        connection.commit()  # this page's entries; no transaction stays open between pages
         if progress is not None:
             progress(
                 MigrationProgress(
@@ -630,6 +638,7 @@ def _copy(
                 )
             )
     null_keys = int(connection.execute(statements.count_null_keys).scalar_one())
+    connection.rollback()  # nothing was written since the last batch: end the reads
     if null_keys:
         names = ", ".join(statements.layout.order)
         tally.refuse(f"a NULL in {names}", null_keys)

@@ -66,7 +66,9 @@ class TableReadiness:
     With ``create``, checking includes creating it when missing.
 
     Threads share one lock; coroutines wait on a lock of their own event loop, since an
-    asyncio lock must not be shared between loops.
+    asyncio lock must not be shared between loops, and the loops take turns through
+    ``loop_owner`` without blocking (the sync side keeps its own lock, so a sync call
+    made inside a running loop cannot wait on a coroutine of that very loop).
     """
 
     def __init__(self, *, create: bool) -> None:
@@ -74,3 +76,4 @@ class TableReadiness:
         self.ready = False
         self.thread_lock = threading.Lock()
         self.loop_locks: PerLoop[asyncio.Lock] = PerLoop(asyncio.Lock)
+        self.loop_owner = threading.Lock()
