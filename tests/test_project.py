@@ -13,7 +13,9 @@ import pytest
 import langchain_sqlalchemy_cache
 
 ROOT = Path(__file__).resolve().parent.parent
-LINTED = [p for p in ("src", "tests", "benchmarks", "examples", "noxfile.py") if (ROOT / p).exists()]
+LINTED = [
+    p for p in ("src", "tests", "benchmarks", "examples", "noxfile.py") if (ROOT / p).exists()
+]
 
 
 def test_public_api_is_pinned() -> None:
