@@ -22,7 +22,7 @@ from langchain_core.outputs import Generation
 from langchain_sqlalchemy_cache import SQLAlchemyCache
 
 TASKS = 200
-SECONDS = 4.0  # long enough for a clear from another process to land mid-run
+SECONDS = 6.0  # long enough for a clear from another process to land mid-run
 KEYS = 60
 REFRESH = 0.2  # share of hits that write a new answer anyway, so writes never stop
 LLM = "shared-model"
