@@ -10,6 +10,7 @@ from typing import Any, TextIO
 OURS = "ours-async"
 PG = "postgresql"
 SQLITE = "sqlite"
+MYSQL = "mysql"
 
 _COLUMNS = (
     ("backend", "{:<10}"),
@@ -128,6 +129,14 @@ _TARGETS: tuple[tuple[str, str, str, int, str, str, str], ...] = (
      "p50_ms"),
     ("SQLite hits c=100 throughput, ours/community", SQLITE, "hits", 100, OURS, "community",
      "ops_per_s"),
+    ("MariaDB hits c=100 throughput, asyncmy/aiomysql", MYSQL, "hits", 100, OURS,
+     "ours-aiomysql", "ops_per_s"),
+    ("MariaDB updates c=100 throughput, asyncmy/aiomysql", MYSQL, "updates", 100, OURS,
+     "ours-aiomysql", "ops_per_s"),
+    ("MariaDB hits c=1 p50 latency, asyncmy/aiomysql", MYSQL, "hits", 1, OURS,
+     "ours-aiomysql", "p50_ms"),
+    ("MariaDB hits c=100 throughput, ours async/sync threads", MYSQL, "hits", 100, OURS,
+     "ours-sync", "ops_per_s"),
 )  # fmt: skip
 
 
@@ -153,7 +162,7 @@ def compute_ratios(
             label = f"PG hits c=100 throughput, {variant}/ours"
             targets.append((label, PG, "hits", 100, variant, OURS, "ops_per_s"))
     ratios = [_ratio(runs, target) for target in targets]
-    for backend, short in ((PG, "PG"), (SQLITE, "SQLite")):
+    for backend, short in ((PG, "PG"), (SQLITE, "SQLite"), (MYSQL, "MariaDB")):
         hits = [r for r in runs if (r["backend"], r["subject"], r["op"]) == (backend, OURS, "hits")]
         if hits:
             top = max(hits, key=lambda r: r["concurrency"])
@@ -242,3 +251,20 @@ def write_chart(runs: list[dict[str, Any]], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def print_processes(processes: dict[str, Any] | None, out: TextIO) -> None:
+    """Aggregate throughput per process count, and the scaling against one process."""
+    if not processes or not processes["runs"]:
+        return
+    print("\nMany processes (mixed workload, aggregate):", file=out)
+    single = {r["backend"]: r["ops_per_s"] for r in processes["runs"] if r["processes"] == 1}
+    for run in processes["runs"]:
+        base = single.get(run["backend"])
+        scale = f"{run['ops_per_s'] / base:.2f}x of 1 process" if base else ""
+        print(
+            f"  {run['backend']:<11} {run['processes']} x {run['concurrency_per_process']} tasks"
+            f"  {run['ops_per_s']:>9,.0f} ops/s  {scale}  errors {run['errors']}"
+            f"  unexpected misses {run['unexpected_misses']}",
+            file=out,
+        )

@@ -25,6 +25,7 @@ from typing import Any
 from . import report
 from .machine import load_average, machine_info, postgres_info
 from .measure import Budget, RunStats, TracedPeak, idle_loop_lag, run_async, run_threads
+from .processes import run_process_scaling
 from .subjects import (
     OURS_ASYNC_VARIANTS,
     AsyncSubject,
@@ -38,8 +39,9 @@ from .table_size import SizePlan, measure_table_size
 from .workload import Workload, build_workload
 
 OPERATIONS = ("hits", "misses", "updates", "mixed")
-BACKENDS = ("sqlite", "postgresql")
+BACKENDS = ("sqlite", "postgresql", "mysql")
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+DEFAULT_MYSQL_URL = "mysql://root@127.0.0.1:3306/test"
 UPDATE_EVERY = 10  # mixed: every 10th operation is an update, the rest are hits
 
 
@@ -132,6 +134,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="PostgreSQL URL (default: $TEST_POSTGRES_URL or %(default)s)",
     )
     parser.add_argument(
+        "--mysql-url",
+        default=os.environ.get("TEST_MYSQL_URL", DEFAULT_MYSQL_URL),
+        help="MySQL/MariaDB URL (default: $TEST_MYSQL_URL or %(default)s)",
+    )
+    parser.add_argument(
+        "--processes",
+        type=_int_csv,
+        default=None,
+        help="process counts of the many-process run on PostgreSQL and MariaDB "
+        "(default 1,2,4; quick 1,2)",
+    )
+    parser.add_argument(
         "--sqlite-path",
         type=Path,
         default=None,
@@ -178,6 +192,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.concurrency is None:
         args.concurrency = [1, 10, 100] if args.quick else [1, 10, 100, 1000]
+    if args.processes is None:
+        args.processes = [1, 2] if args.quick else [1, 2, 4]
     if args.big_rows is None:
         args.big_rows = 100_000 if args.quick else 1_000_000
     for name, kwargs in args.variant:
@@ -397,7 +413,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     sqlite_dir.mkdir(parents=True, exist_ok=True)
     try:
         for name in args.backends:
-            backend = Backend(name, pg_url=args.pg_url, sqlite_dir=sqlite_dir)
+            backend = Backend(
+                name, pg_url=args.pg_url, sqlite_dir=sqlite_dir, mysql_url=args.mysql_url
+            )
             if name == "postgresql":
                 results["postgresql"] = await postgres_info(backend.asyncpg_dsn())
             keys = await bench_backend(backend, workload, args, settings, results)
@@ -409,6 +427,15 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         if own_dir:
             shutil.rmtree(sqlite_dir, ignore_errors=True)
+    server_backends = [b for b in ("postgresql", "mysql") if b in args.backends]
+    if server_backends and args.processes:
+        results["processes"] = run_process_scaling(
+            {b: args.pg_url if b == "postgresql" else args.mysql_url for b in server_backends},
+            args.processes,
+            seconds=settings.seconds,
+            concurrency=100,
+            progress=_progress,
+        )
     results["machine"]["load_average_at_end"] = load_average()
     results["duration_s"] = time.perf_counter() - started
     measured = {r["subject"] for r in results["runs"]}
@@ -431,6 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     if results["memory"]:
         report.print_memory(results["memory"], out)
     report.print_table_size(results["table_size"], out)
+    report.print_processes(results.get("processes"), out)
     for name, section in results["backends"].items():
         for note in section["notes"]:
             print(f"\nnote [{name}]: {note}", file=out)

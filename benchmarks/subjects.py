@@ -61,9 +61,10 @@ def supported_kwargs(kwargs: dict[str, Any]) -> list[str]:
 class Backend:
     """Where subjects store their tables."""
 
-    name: str  # "postgresql" or "sqlite"
+    name: str  # "postgresql", "sqlite" or "mysql" (MySQL/MariaDB)
     pg_url: str = ""
     sqlite_dir: Path | None = None
+    mysql_url: str = ""
 
     def sqlite_file(self, subject: str) -> Path:
         """One database file per subject, so no file-level setting leaks between them."""
@@ -71,15 +72,21 @@ class Backend:
         return self.sqlite_dir / f"{subject}.db"
 
     def ours_url(self, subject: str) -> str:
-        """URL handed to this cache (bare: asyncpg + psycopg, aiosqlite + sqlite3)."""
+        """URL handed to this cache (bare: asyncpg + psycopg, aiosqlite + sqlite3,
+        asyncmy + pymysql)."""
         if self.name == "postgresql":
             return make_url(self.pg_url).set(drivername="postgresql").render_as_string(False)
+        if self.name == "mysql":
+            return make_url(self.mysql_url).set(drivername="mysql").render_as_string(False)
         return f"sqlite:///{self.sqlite_file(subject)}"
 
     def sync_url(self, subject: str) -> str:
         """URL of a sync engine (psycopg, sqlite3), as langchain_community is given."""
         if self.name == "postgresql":
             url = make_url(self.pg_url).set(drivername="postgresql+psycopg")
+            return url.render_as_string(False)
+        if self.name == "mysql":
+            url = make_url(self.mysql_url).set(drivername="mysql+pymysql")
             return url.render_as_string(False)
         return f"sqlite:///{self.sqlite_file(subject)}"
 
@@ -176,13 +183,20 @@ async def populate_ours(cache: SQLAlchemyCache, workload: Workload) -> list[int]
 
 
 class _OursBase(Subject):
-    def __init__(self, name: str, backend: Backend, kwargs: dict[str, Any]) -> None:
+    def __init__(
+        self, name: str, backend: Backend, kwargs: dict[str, Any], driver: str | None = None
+    ) -> None:
         super().__init__(name, backend)
         self.kwargs = kwargs
+        self.driver = driver  # an async driver other than the bare URL's default
         self.cache: SQLAlchemyCache | None = None
 
     async def setup(self, workload: Workload) -> list[int]:
         url = self.backend.ours_url(self.name)
+        if self.driver is not None:
+            parsed = make_url(url)
+            url = parsed.set(drivername=f"{parsed.get_backend_name()}+{self.driver}")
+            url = url.render_as_string(False)
         self.cache = SQLAlchemyCache(url, table_name=self.table, **self.kwargs)
         self.count_connects(self.cache.async_engine.sync_engine, self.cache.sync_engine)
         drop_table(self.cache.sync_engine, self.table)
@@ -454,11 +468,16 @@ def build_subjects(
             skipped.append(f"{name}: SQLAlchemyCache does not accept {', '.join(unknown)}")
             continue
         subjects.append(OursAsync(name, backend, kwargs))
+    if backend.name == "mysql":
+        # The bare URL's driver is asyncmy; this run is what that choice rests on.
+        subjects.append(OursAsync("ours-aiomysql", backend, dict(common_kwargs), "aiomysql"))
     subjects.append(OursSync("ours-sync", backend, dict(common_kwargs)))
     if backend.name == "postgresql":
         subjects.append(AsyncpgFloor(backend, floor_pool_size))
-    else:
+    elif backend.name == "sqlite":
         subjects.append(Sqlite3Floor(backend, floor_pool_size))
+    else:
+        skipped.append("raw-driver floor: none on MySQL/MariaDB")
     if only is not None:
         subjects = [s for s in subjects if s.name in only]
     return subjects, skipped

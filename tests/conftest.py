@@ -18,29 +18,50 @@ from langchain_sqlalchemy_cache import SQLAlchemyCache
 from .pgproxy import PgProxy
 
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
-BACKENDS = ("sqlite", "postgresql")
+DEFAULT_MYSQL_URL = "mysql://root@127.0.0.1:3306/test"
+BACKENDS = ("sqlite", "postgresql", "mysql")
 
 
 def _postgres_url() -> str:
     return os.environ.get("TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> str:
-    """The test server's URL; skips (or fails under REQUIRE_POSTGRES=1) if unreachable."""
-    url = _postgres_url()
-    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+def _mysql_url() -> str:
+    return os.environ.get("TEST_MYSQL_URL", DEFAULT_MYSQL_URL)
+
+
+def _reachable_server(name: str, url: str, sync_url: str, required_by: str) -> str:
+    """Return ``url`` if the server answers; else skip, or fail when ``required_by`` is set."""
+    engine = create_engine(sync_url)
     try:
         with engine.connect() as connection:
             connection.execute(text("SELECT 1"))
     except Exception as exc:
-        reason = f"PostgreSQL at {url} is unreachable: {exc}"
-        if os.environ.get("REQUIRE_POSTGRES") == "1":
-            pytest.fail(reason + " (REQUIRE_POSTGRES=1)")
+        reason = f"{name} at {url} is unreachable: {exc}"
+        if os.environ.get(required_by) == "1":
+            pytest.fail(f"{reason} ({required_by}=1)")
         pytest.skip(reason)
     finally:
         engine.dispose()
     return url
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The test server's URL; skips (or fails under REQUIRE_POSTGRES=1) if unreachable."""
+    url = _postgres_url()
+    sync_url = url.replace("postgresql://", "postgresql+psycopg://", 1)
+    return _reachable_server("PostgreSQL", url, sync_url, "REQUIRE_POSTGRES")
+
+
+@pytest.fixture(scope="session")
+def mysql_url() -> str:
+    """The MySQL/MariaDB test server's URL (TEST_MYSQL_URL); skips unless REQUIRE_MYSQL=1."""
+    url = _mysql_url()
+    sync_url = url.replace("mysql://", "mysql+pymysql://", 1).replace(
+        "mariadb://", "mariadb+pymysql://", 1
+    )
+    return _reachable_server("MySQL/MariaDB", url, sync_url, "REQUIRE_MYSQL")
 
 
 def unique_table() -> str:
@@ -49,15 +70,18 @@ def unique_table() -> str:
 
 def drop_table(cache: SQLAlchemyCache, table_name: str) -> None:
     with cache.sync_engine.connect() as connection:
-        connection.execute(text(f'DROP TABLE IF EXISTS "{table_name}"'))
+        quoted = connection.dialect.identifier_preparer.quote(table_name)
+        connection.execute(text(f"DROP TABLE IF EXISTS {quoted}"))
 
 
 @pytest.fixture(params=BACKENDS)
 def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A database URL for each backend: a fresh SQLite file, or the PostgreSQL server."""
+    """A database URL for each backend: a fresh SQLite file, or the PostgreSQL or
+    MySQL/MariaDB server."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'cache.db'}"
-    return str(request.getfixturevalue("postgres_url"))
+    server = {"postgresql": "postgres_url", "mysql": "mysql_url"}[request.param]
+    return str(request.getfixturevalue(server))
 
 
 CacheFactory = Callable[..., SQLAlchemyCache]

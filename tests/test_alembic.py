@@ -24,7 +24,7 @@ from alembic.operations import Operations
 from alembic.operations.ops import OpContainer
 from alembic.script import Script
 from langchain_core.outputs import Generation
-from sqlalchemy import MetaData, create_engine, inspect, make_url, text
+from sqlalchemy import MetaData, create_engine, inspect, make_url, select, text
 
 from langchain_sqlalchemy_cache import CacheError, SQLAlchemyCache, cache_table
 from langchain_sqlalchemy_cache._schema import DEFAULT_TABLE_NAME, FORMAT_VERSION
@@ -35,7 +35,9 @@ EXAMPLE_ENV = Path(__file__).parent.parent / "examples" / "alembic" / "env.py"
 
 
 def sync_url(url: str) -> str:
-    return url.replace("postgresql://", "postgresql+psycopg://", 1)
+    return url.replace("postgresql://", "postgresql+psycopg://", 1).replace(
+        "mysql://", "mysql+pymysql://", 1
+    )
 
 
 @pytest.fixture
@@ -47,11 +49,13 @@ def empty_db(backend_url: str) -> Iterator[str]:
     name = f"alembic_{uuid.uuid4().hex[:12]}"
     admin = create_engine(sync_url(backend_url), isolation_level="AUTOCOMMIT")
     try:
+        force = " WITH (FORCE)" if admin.dialect.name == "postgresql" else ""
+        quoted = admin.dialect.identifier_preparer.quote_identifier(name)
         with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
+            connection.execute(text(f"CREATE DATABASE {quoted}"))
         yield make_url(backend_url).set(database=name).render_as_string(hide_password=False)
         with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            connection.execute(text(f"DROP DATABASE IF EXISTS {quoted}{force}"))
     finally:
         admin.dispose()
 
@@ -76,7 +80,7 @@ async def check_cache_works(url: str, table_name: str = DEFAULT_TABLE_NAME) -> N
         await cache.aupdate("q", "llm", [Generation(text="async")])
         assert cache.lookup("q", "llm") == [Generation(text="async")]
         async with cache.async_engine.connect() as connection:
-            formats = (await connection.execute(text(f'SELECT format FROM "{table_name}"'))).all()
+            formats = (await connection.execute(select(cache._table.c.format))).all()
         assert [row.format for row in formats] == [FORMAT_VERSION, FORMAT_VERSION]
 
 

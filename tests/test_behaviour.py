@@ -216,13 +216,14 @@ def test_create_table_false_uses_an_existing_table(make_cache: CacheFactory) -> 
 
 
 def test_old_langchain_community_table_is_not_read(cache: SQLAlchemyCache) -> None:
-    # The layout langchain_community's SQLAlchemyCache writes, with an entry for "p".
+    # The layout langchain_community's SQLAlchemyCache writes, with an entry for "p"
+    # (lengths added: on MySQL the community layout cannot even be created without).
     old = Table(
         "full_llm_cache",
         MetaData(),
-        Column("prompt", String, primary_key=True),
-        Column("llm", String, primary_key=True),
-        Column("idx", String, primary_key=True),
+        Column("prompt", String(200), primary_key=True),
+        Column("llm", String(200), primary_key=True),
+        Column("idx", String(10), primary_key=True),
         Column("response", Text),
     )
     with cache.sync_engine.connect() as connection:

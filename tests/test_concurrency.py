@@ -152,8 +152,10 @@ async def test_cancelled_callers_cancel_nobody_else(acache: SQLAlchemyCache) -> 
 
 
 async def test_ten_thousand_concurrent_calls_on_a_pool_of_five(backend_url: str) -> None:
-    url = backend_url.replace("postgresql://", "postgresql+asyncpg://").replace(
-        "sqlite:///", "sqlite+aiosqlite:///"
+    url = (
+        backend_url.replace("postgresql://", "postgresql+asyncpg://")
+        .replace("sqlite:///", "sqlite+aiosqlite:///")
+        .replace("mysql://", "mysql+asyncmy://")
     )
     engine = create_async_engine(url, pool_size=5, max_overflow=0, pool_timeout=5)
     table = unique_table()

@@ -197,7 +197,7 @@ def test_sqlite_cache_is_a_drop_in(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def _normalise(statement: str) -> str:
     # asyncpg numbers its parameters ($1) and psycopg names them (%(key_1)s), and each
     # adds its own casts; the statement around the parameters must be the same.
-    statement = re.sub(r"(\$\d+|%\(\w+\)s|\?)(::[A-Z]+(\(\d+\))?(\[\])?)?", "?", statement)
+    statement = re.sub(r"(\$\d+|%\(\w+\)s|%s|\?)(::[A-Z]+(\(\d+\))?(\[\])?)?", "?", statement)
     return " ".join(statement.split())
 
 

@@ -114,11 +114,14 @@ def assert_answered(results: list[tuple[str, httpx.Response]]) -> None:
 
 async def count_rows(engine: AsyncEngine, table: str) -> int:
     async with engine.connect() as connection:
-        return int((await connection.execute(text(f'SELECT count(*) FROM "{table}"'))).scalar_one())
+        quoted = connection.dialect.identifier_preparer.quote_identifier(table)
+        return int((await connection.execute(text(f"SELECT count(*) FROM {quoted}"))).scalar_one())
 
 
 def sync_url(url: str) -> str:
-    return url.replace("postgresql://", "postgresql+psycopg://", 1)
+    return url.replace("postgresql://", "postgresql+psycopg://", 1).replace(
+        "mysql://", "mysql+pymysql://", 1
+    )
 
 
 async def test_concurrent_requests_call_the_model_once_per_prompt(

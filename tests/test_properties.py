@@ -98,7 +98,9 @@ class CacheModel(RuleBasedStateMachine):
             self.cache = SQLAlchemyCache(self.url, table_name=self.table)
         # Row counts are read beside the cache, on a connection no fault touches.
         self.checker = create_engine(
-            (self.postgres_url or self.url).replace("postgresql://", "postgresql+psycopg://")
+            (self.postgres_url or self.url)
+            .replace("postgresql://", "postgresql+psycopg://")
+            .replace("mysql://", "mysql+pymysql://")
         )
         # Each key maps to the values a lookup may return; None stands for "absent".
         self.model: dict[str, set[str | None]] = {}

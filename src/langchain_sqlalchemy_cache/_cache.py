@@ -95,8 +95,6 @@ def _table_stats(
 
 # Rows per multi-row upsert: each row is 6 parameters, and rows can be megabytes.
 _MAX_UPSERT_ROWS = 100
-# Rows per DELETE when purging expired entries.
-PURGE_BATCH_ROWS = 1000
 
 
 def _default_concurrency(engines: EnginePair) -> int:
@@ -377,12 +375,12 @@ class SQLAlchemyCache(BaseCache):
 
     def _delete_older(self, cutoff: float) -> int:
         # One cutoff for the whole run: rows aging meanwhile wait for the next one.
-        params = self._sql.purge_params(cutoff, PURGE_BATCH_ROWS)
+        params = self._sql.purge_params(cutoff)
         deleted = 0
         while True:
             count = self._sync.execute(self._sql.purge_batch, params)
             deleted += count
-            if count < PURGE_BATCH_ROWS:
+            if count < sql.PURGE_BATCH_ROWS:
                 return deleted
 
     def stats(self) -> CacheStats:
@@ -495,13 +493,13 @@ class SQLAlchemyCache(BaseCache):
         return 0
 
     async def _adelete_older(self, cutoff: float) -> int:
-        params = self._sql.purge_params(cutoff, PURGE_BATCH_ROWS)
+        params = self._sql.purge_params(cutoff)
         deleted = 0
         while True:
             async with self._slots.get():
                 count = await self._async.execute(self._sql.purge_batch, params)
             deleted += count
-            if count < PURGE_BATCH_ROWS:
+            if count < sql.PURGE_BATCH_ROWS:
                 return deleted
 
     async def astats(self) -> TableStats:

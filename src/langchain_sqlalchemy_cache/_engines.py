@@ -20,21 +20,37 @@ from ._statements import check_dialect
 
 # (backend, async driver) <-> (backend, sync driver). The first driver listed for a
 # backend is the one a bare URL such as ``postgresql://`` gets.
+_MYSQL_ASYNC = ("asyncmy", "aiomysql")
+_MYSQL_SYNC = ("pymysql", "mysqldb")
 _ASYNC_DRIVERS = {
     "postgresql": ("asyncpg", "psycopg_async"),
     "sqlite": ("aiosqlite",),
+    "mysql": _MYSQL_ASYNC,
+    "mariadb": _MYSQL_ASYNC,
 }
 _SYNC_DRIVERS = {
     "postgresql": ("psycopg", "psycopg2", "pg8000"),
     "sqlite": ("pysqlite",),
+    "mysql": _MYSQL_SYNC,
+    "mariadb": _MYSQL_SYNC,
 }
-_SYNC_TWIN = {"asyncpg": "psycopg", "psycopg_async": "psycopg", "aiosqlite": "pysqlite"}
+_SYNC_TWIN = {
+    "asyncpg": "psycopg",
+    "psycopg_async": "psycopg",
+    "aiosqlite": "pysqlite",
+    "asyncmy": "pymysql",
+    "aiomysql": "pymysql",
+}
 _ASYNC_TWIN = {
     "psycopg": "asyncpg",
     "psycopg2": "asyncpg",
     "pg8000": "asyncpg",
     "pysqlite": "aiosqlite",
+    "pymysql": "asyncmy",
+    "mysqldb": "asyncmy",
 }
+# The pip extra that installs each backend's drivers.
+_EXTRAS = {"postgresql": "postgres", "sqlite": "", "mysql": "mysql", "mariadb": "mysql"}
 
 _E = TypeVar("_E", AsyncEngine, Engine)
 
@@ -89,7 +105,7 @@ def _unsupported(url: URL) -> ConfigurationError:
             for backend in _ASYNC_DRIVERS
             for driver in _ASYNC_DRIVERS[backend] + _SYNC_DRIVERS[backend]
         )
-        + " (or a bare postgresql:// or sqlite:/// URL), or pass both engines: "
+        + " (or a bare postgresql://, mysql:// or sqlite:/// URL), or pass both engines: "
         "SQLAlchemyCache(async_engine, sync_engine=engine)"
     )
 
@@ -108,6 +124,9 @@ def _twin_urls(url: URL) -> tuple[URL, URL]:
         async_driver, sync_driver = _ASYNC_TWIN[driver], driver
     else:
         raise _unsupported(url)
+    if backend in ("mysql", "mariadb") and "charset" not in url.query:
+        # utf8mb4: MySQL's "utf8" stops at three bytes and mangles astral characters.
+        url = url.update_query_dict({"charset": "utf8mb4"})
     return (
         url.set(drivername=f"{backend}+{async_driver}"),
         url.set(drivername=f"{backend}+{sync_driver}"),
@@ -150,9 +169,10 @@ def _create(url: URL, factory: Callable[..., _E]) -> _E:
         engine = factory(url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None)
     except (ImportError, NoSuchModuleError) as exc:
         driver = url.drivername.partition("+")[2]
+        extra = _EXTRAS.get(url.get_backend_name(), "")
         msg = (
             f"the {driver!r} driver for {url.drivername!r} is not installed: "
-            "pip install 'langchain-sqlalchemy-cache[postgres]' (asyncpg and psycopg) "
+            f"pip install 'langchain-sqlalchemy-cache[{extra}]' "
             f"or install {driver} yourself ({exc})"
         )
         raise ConfigurationError(msg) from exc

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     Column,
+    Double,
     Float,
     Index,
     LargeBinary,
@@ -26,6 +29,19 @@ FORMAT_VERSION = 1
 # MySQL's TEXT stops at 64 KiB; prompts and generations routinely exceed it.
 _LONG_TEXT = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 _LONG_BYTES = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
+# MySQL's FLOAT is single precision: a UNIX time would lose minutes.
+_TIMESTAMP = Float().with_variant(Double(), "mysql", "mariadb")
+# utf8mb4 holds every character (MySQL's "utf8" only the first plane), and the binary
+# collation makes namespaces compare exactly: "Team" and "team" are two namespaces.
+_MYSQL_TABLE_OPTIONS: dict[str, Any] = {
+    f"{dialect}_{option}": setting
+    for dialect in ("mysql", "mariadb")
+    for option, setting in {
+        "charset": "utf8mb4",
+        "collate": "utf8mb4_bin",
+        "engine": "InnoDB",
+    }.items()
+}
 
 
 def cache_table(
@@ -53,9 +69,10 @@ def cache_table(
         Column("prompt", _LONG_TEXT, nullable=True),
         Column("llm_string", _LONG_TEXT, nullable=True),
         Column("payload", _LONG_BYTES, nullable=False),
-        Column("updated_at", Float, nullable=False),
+        Column("updated_at", _TIMESTAMP, nullable=False),
         Column("format", SmallInteger, nullable=False, default=FORMAT_VERSION),
         Index(f"ix_{table_name}_namespace_updated", "namespace", "updated_at"),
         Index(f"ix_{table_name}_namespace_llm", "namespace", "llm_key"),
         schema=schema,
+        **_MYSQL_TABLE_OPTIONS,
     )

@@ -52,6 +52,9 @@ _UPDATED_COLUMNS = (
 )
 _COLUMNS = ("key", *_UPDATED_COLUMNS)
 
+# Rows per DELETE when purging or trimming: short locks, no huge transaction.
+PURGE_BATCH_ROWS = 1000
+
 SUPPORTED_DIALECTS = ("postgresql", "sqlite", "mysql", "mariadb")
 
 
@@ -133,9 +136,9 @@ class Statements:
             params["cutoff"] = cutoff
         return self.clears[(llm_key is not None, cutoff is not None)], params
 
-    def purge_params(self, cutoff: float, limit: int) -> dict[str, Any]:
-        """Parameters of ``purge_batch``."""
-        return {"namespace": self.namespace, "cutoff": cutoff, "limit": limit}
+    def purge_params(self, cutoff: float) -> dict[str, Any]:
+        """Parameters of ``purge_batch``: delete entries written before ``cutoff``."""
+        return {"namespace": self.namespace, "cutoff": cutoff}
 
     def upsert_params(self, rows: Iterable[Row]) -> Params:
         """Parameters of ``upsert`` for these rows.
@@ -233,11 +236,11 @@ def _sqlite_has_dbstat() -> bool:
 
 
 def _purge_batch(table: Table, dialect_name: str, older: Any) -> Delete:
-    # At most :limit rows per statement, so a purge never holds long locks or a huge
-    # transaction. MySQL rejects LIMIT inside an IN subquery but has DELETE .. LIMIT.
+    # At most PURGE_BATCH_ROWS rows per statement. MySQL rejects LIMIT inside an IN
+    # subquery but has DELETE .. LIMIT (with a literal count).
     if dialect_name in ("mysql", "mariadb"):
-        return delete(table).where(older).with_dialect_options(mysql_limit=bindparam("limit"))
-    victims = select(table.c.key).where(older).limit(bindparam("limit")).scalar_subquery()
+        return delete(table).where(older).with_dialect_options(mysql_limit=PURGE_BATCH_ROWS)
+    victims = select(table.c.key).where(older).limit(PURGE_BATCH_ROWS).scalar_subquery()
     return delete(table).where(table.c.key.in_(victims))
 
 
