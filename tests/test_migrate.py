@@ -1,4 +1,4 @@
-"""migrate(): a real langchain_community cache copied into this cache, on both backends.
+"""migrate(): a real langchain_community cache copied into this cache, on every backend.
 
 The source tables are written by langchain_community's own SQLAlchemyCache and
 SQLAlchemyMd5Cache (plus rows inserted by hand where the test needs odd ones), and every
@@ -22,8 +22,12 @@ from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, Too
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, Generation, GenerationChunk
 from langchain_core.prompts import PromptTemplate
 from sqlalchemy import (
+    Column,
     Engine,
+    Integer,
     MetaData,
+    String,
+    Text,
     column,
     create_engine,
     distinct,
@@ -35,6 +39,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.orm import DeclarativeBase
 
 from langchain_sqlalchemy_cache import ConfigurationError, SQLAlchemyCache, cache_table
 from langchain_sqlalchemy_cache._migrate import (
@@ -61,6 +66,34 @@ GPT = '{"model": "gpt", "temperature": 0}'
 CLAUDE = '{"model": "claude"}'
 
 
+class _MySQLBase(DeclarativeBase):
+    pass
+
+
+class MySQLFullLLMCache(_MySQLBase):
+    """langchain_community's FullLLMCache as a MySQL user had to declare it and pass as
+    ``cache_schema``: its own columns have no length, which MySQL refuses. With utf8mb4,
+    700 + 60 characters is what fits in InnoDB's 3072-byte primary key."""
+
+    __tablename__ = "full_llm_cache"
+    prompt = Column(String(700), primary_key=True)
+    llm = Column(String(60), primary_key=True)
+    idx = Column(Integer, primary_key=True)
+    response = Column(Text)
+
+
+class MySQLFullMd5LLMCache(_MySQLBase):
+    """langchain_community's FullMd5LLMCache with lengths, for MySQL."""
+
+    __tablename__ = "full_md5_llm_cache"
+    id = Column(String(64), primary_key=True)
+    prompt_md5 = Column(String(32), index=True)
+    llm = Column(String(200), index=True)
+    idx = Column(Integer, index=True)
+    prompt = Column(Text)
+    response = Column(Text)
+
+
 @dataclass
 class Community:
     """langchain_community's caches on the test's database (a private schema on PostgreSQL)."""
@@ -70,9 +103,13 @@ class Community:
     schema: str | None
 
     def full(self) -> Any:
+        if self.engine.dialect.name == "mysql":
+            return community_cache.SQLAlchemyCache(self.engine, MySQLFullLLMCache)
         return community_cache.SQLAlchemyCache(self.engine)
 
     def md5(self) -> Any:
+        if self.engine.dialect.name == "mysql":
+            return community_cache.SQLAlchemyMd5Cache(self.engine, MySQLFullMd5LLMCache)
         return community_cache.SQLAlchemyMd5Cache(self.engine)
 
     def insert_rows(self, table_name: str, rows: Sequence[dict[str, Any]]) -> None:
@@ -96,8 +133,9 @@ class Community:
 
 @contextmanager
 def open_community(backend_url: str) -> Iterator[Community]:
-    """Community caches on ``backend_url``; on PostgreSQL in a schema of their own, dropped
-    afterwards, so the real table names (full_llm_cache) are used without clashing."""
+    """Community caches on ``backend_url``; on PostgreSQL in a schema of their own (on
+    MySQL, a database), dropped afterwards, so the real table names (full_llm_cache) are
+    used without clashing."""
     url = make_url(backend_url)
     if url.get_backend_name() == "sqlite":
         engine = create_engine(url)
@@ -105,15 +143,17 @@ def open_community(backend_url: str) -> Iterator[Community]:
         engine.dispose()
         return
     schema = f"mig_{uuid.uuid4().hex[:10]}"
-    base = create_engine(url.set(drivername="postgresql+psycopg"))
+    sync_driver = "mysql+pymysql" if url.get_backend_name() == "mysql" else "postgresql+psycopg"
+    base = create_engine(url.set(drivername=sync_driver))
+    kind, cascade = ("DATABASE", "") if sync_driver.startswith("mysql") else ("SCHEMA", " CASCADE")
     with base.begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+        connection.execute(text(f"CREATE {kind} {schema}"))
     engine = base.execution_options(schema_translate_map={None: schema})
     try:
         yield Community(backend_url, engine, schema)
     finally:
         with base.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+            connection.execute(text(f"DROP {kind} {schema}{cascade}"))
         base.dispose()
 
 
@@ -168,7 +208,7 @@ VALUES: dict[tuple[str, str], list[Generation]] = {
         Generation(text="x", generation_info={"lc": 1, "type": "secret", "id": ["HOME"]})
     ],
     ("empty answer", GPT): [Generation(text="")],
-    ("p" * 900, GPT): [Generation(text="a long prompt")],
+    ("p" * 700, GPT): [Generation(text="a long prompt")],
 }
 
 
