@@ -48,13 +48,13 @@ from langchain_sqlalchemy_cache._migrate import (
     MigrationError,
     MigrationProgress,
     UnreadableEntry,
-    build_insert_absent,
     build_source_statements,
     convert_response,
     detect_layout,
     migrate,
     source_table,
 )
+from langchain_sqlalchemy_cache._statements import build_insert_absent
 
 from .conftest import unique_table
 
@@ -373,7 +373,6 @@ def test_layouts_are_told_by_their_columns() -> None:
 
 def test_statement_builders_compile_for_every_dialect() -> None:
     destination = cache_table(MetaData(), "dest")
-    columns = [c.name for c in destination.columns]
     for dialect in (postgresql.dialect(), sqlite.dialect(), mysql.dialect()):
         for layout in (FULL_LAYOUT, MD5_LAYOUT):
             statements = build_source_statements(
@@ -387,9 +386,7 @@ def test_statement_builders_compile_for_every_dialect() -> None:
             )
             assert "ORDER BY" in str(page)
             assert "> (" in str(page)
-        insert_sql = str(
-            build_insert_absent(destination, dialect.name, columns).compile(dialect=dialect)
-        )
+        insert_sql = str(build_insert_absent(destination, dialect.name).compile(dialect=dialect))
         assert "INSERT" in insert_sql
         assert "UPDATE" not in insert_sql  # never overwrites an entry
 

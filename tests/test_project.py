@@ -12,6 +12,8 @@ import pytest
 
 import langchain_sqlalchemy_cache
 
+from .test_cli import run_cli
+
 ROOT = Path(__file__).resolve().parent.parent
 LINTED = [
     p for p in ("src", "tests", "benchmarks", "examples", "noxfile.py") if (ROOT / p).exists()
@@ -35,16 +37,6 @@ def test_public_api_is_pinned() -> None:
 
 def test_package_is_typed() -> None:
     assert (Path(langchain_sqlalchemy_cache.__file__).parent / "py.typed").exists()
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "langchain_sqlalchemy_cache", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def test_demo_prints_a_miss_then_a_hit_on_sqlite() -> None:

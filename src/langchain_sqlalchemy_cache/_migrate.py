@@ -34,7 +34,6 @@ from sqlalchemy import (
     URL,
     Connection,
     Engine,
-    Insert,
     Integer,
     LargeBinary,
     Select,
@@ -53,7 +52,6 @@ from sqlalchemy import (
     table,
     tuple_,
 )
-from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ._cache import SQLAlchemyCache
@@ -67,7 +65,7 @@ from ._codec import (
 from ._errors import CacheError
 from ._keys import cache_key, llm_key
 from ._schema import DEFAULT_TABLE_NAME
-from ._statements import Params, Row, entry_row
+from ._statements import Row, build_insert_absent, entry_row, rows_params
 from ._table import create_table
 
 # langchain_core.load refuses deeper nesting too.
@@ -195,44 +193,6 @@ def build_source_statements(
         .select_from(source)
         .where(or_(*(c.is_(None) for c in order))),
     )
-
-
-def build_insert_absent(destination: Table, dialect_name: str, columns: Sequence[str]) -> Insert:
-    """An insert of entries that leaves every key already in ``destination`` alone.
-
-    Its row count is the number of entries inserted. On PostgreSQL a whole batch is
-    one ``INSERT .. SELECT FROM unnest(...)`` (parameters: one ``<column>_array`` per
-    column); elsewhere a single-row insert run with executemany.
-    """
-    return _insert_absent(destination, dialect_name, columns).execution_options(
-        # SQLAlchemy keeps an INSERT's row count only when asked.
-        preserve_rowcount=True
-    )
-
-
-def _insert_absent(destination: Table, dialect_name: str, columns: Sequence[str]) -> Insert:
-    if dialect_name == "postgresql":
-        arrays = [
-            bindparam(f"{name}_array", type_=postgresql.ARRAY(destination.c[name].type))
-            for name in columns
-        ]
-        rows = func.unnest(*arrays).table_valued(*columns).render_derived()
-        pg_stmt = postgresql.insert(destination).from_select(
-            list(columns), select(*(rows.c[name] for name in columns))
-        )
-        return pg_stmt.on_conflict_do_nothing(index_elements=[destination.c.key])
-    if dialect_name in ("mysql", "mariadb"):
-        # Not run by the tests yet: MySQL support is in progress.
-        my_stmt = mysql.insert(destination)
-        return my_stmt.prefix_with("IGNORE")
-    return sqlite.insert(destination).on_conflict_do_nothing(index_elements=[destination.c.key])
-
-
-def insert_params(dialect_name: str, columns: Sequence[str], rows: Sequence[Row]) -> Params:
-    """Parameters of ``build_insert_absent``'s statement for these rows."""
-    if dialect_name == "postgresql":
-        return {f"{name}_array": [row[name] for row in rows] for name in columns}
-    return [dict(row) for row in rows]
 
 
 # Converting langchain_community responses, without langchain_core.load.
@@ -610,8 +570,7 @@ def _copy(
     dialect_name = connection.dialect.name
     total = int(connection.execute(statements.count_rows).scalar_one())
     tally = _Tally()
-    insert: Insert | None = None
-    columns: tuple[str, ...] = ()
+    insert = build_insert_absent(destination, dialect_name)
     for groups, rows_read in _pages(connection, statements, batch_size):
         tally.rows_read += rows_read
         rows: list[Row] = []
@@ -625,10 +584,7 @@ def _copy(
             except UnreadableEntry as exc:
                 tally.refuse(str(exc))
         if rows:
-            if insert is None:
-                columns = tuple(rows[0])
-                insert = build_insert_absent(destination, dialect_name, columns)
-            result = connection.execute(insert, insert_params(dialect_name, columns, rows))
+            result = connection.execute(insert, rows_params(dialect_name, rows))
             inserted = int(result.rowcount)
             tally.copied += inserted
             tally.skipped += len(rows) - inserted

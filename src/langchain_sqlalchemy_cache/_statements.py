@@ -147,10 +147,17 @@ class Statements:
         two concurrent batches lock rows in the same order and cannot deadlock.
         """
         by_key = {row["key"]: row for row in rows}
-        ordered = [by_key[key] for key in sorted(by_key)]
-        if self.dialect_name == "postgresql":
-            return {f"{name}_array": [row[name] for row in ordered] for name in _COLUMNS}
-        return [dict(row) for row in ordered]
+        return rows_params(self.dialect_name, [by_key[key] for key in sorted(by_key)])
+
+
+def rows_params(dialect_name: str, rows: Sequence[Row]) -> Params:
+    """Parameters of a multi-row write (``upsert``, ``build_insert_absent``) of ``rows``.
+
+    One array per column on PostgreSQL; a list of rows, for executemany, elsewhere.
+    """
+    if dialect_name == "postgresql":
+        return {f"{name}_array": [row[name] for row in rows] for name in _COLUMNS}
+    return [dict(row) for row in rows]
 
 
 def build_statements(
@@ -256,18 +263,40 @@ def _lookup(table: Table, dialect_name: str, *, with_ttl: bool) -> Select[tuple[
     return stmt.where(table.c.key.in_(bindparam("keys", expanding=True)))
 
 
+def _pg_insert_rows(table: Table) -> postgresql.Insert:
+    # INSERT .. SELECT FROM unnest(one array per column): one statement for a whole
+    # batch, whatever its size.
+    arrays = [
+        bindparam(f"{name}_array", type_=postgresql.ARRAY(table.c[name].type)) for name in _COLUMNS
+    ]
+    rows = func.unnest(*arrays).table_valued(*_COLUMNS).render_derived()
+    return postgresql.insert(table).from_select(
+        _COLUMNS, select(*(rows.c[name] for name in _COLUMNS))
+    )
+
+
+def build_insert_absent(table: Table, dialect_name: str) -> Insert:
+    """A multi-row insert that leaves every key already in ``table`` alone (``migrate``).
+
+    Parameters come from ``rows_params``; its row count is the number of rows inserted.
+    """
+    check_dialect(dialect_name)
+    stmt: Insert
+    if dialect_name == "postgresql":
+        stmt = _pg_insert_rows(table).on_conflict_do_nothing(index_elements=[table.c.key])
+    elif dialect_name in ("mysql", "mariadb"):
+        # IGNORE would also let invalid values through with a warning; the rows are the
+        # cache's own, so a duplicate key is all it can skip here.
+        stmt = mysql.insert(table).prefix_with("IGNORE")
+    else:
+        stmt = sqlite.insert(table).on_conflict_do_nothing(index_elements=[table.c.key])
+    # SQLAlchemy keeps an INSERT's row count only when asked.
+    return stmt.execution_options(preserve_rowcount=True)
+
+
 def _upsert(table: Table, dialect_name: str) -> Insert:
     if dialect_name == "postgresql":
-        # INSERT .. SELECT FROM unnest(one array per column): one statement for a whole
-        # batch, whatever its size.
-        arrays = [
-            bindparam(f"{name}_array", type_=postgresql.ARRAY(table.c[name].type))
-            for name in _COLUMNS
-        ]
-        rows = func.unnest(*arrays).table_valued(*_COLUMNS).render_derived()
-        pg_stmt = postgresql.insert(table).from_select(
-            _COLUMNS, select(*(rows.c[name] for name in _COLUMNS))
-        )
+        pg_stmt = _pg_insert_rows(table)
         return pg_stmt.on_conflict_do_update(
             index_elements=[table.c.key],
             set_={name: pg_stmt.excluded[name] for name in _UPDATED_COLUMNS},
