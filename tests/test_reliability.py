@@ -6,7 +6,9 @@ import asyncio
 import logging
 import random
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -91,6 +93,29 @@ def test_alternating_asyncio_runs_on_one_cache(cache: SQLAlchemyCache) -> None:
         asyncio.run(cache.aupdate("p", LLM, value(str(i))))
         assert asyncio.run(cache.alookup("p", LLM)) == value(str(i))
     assert cache.lookup("p", LLM) == value("4")
+
+
+def test_a_finished_loops_sqlite_connections_are_closed(tmp_path: Path) -> None:
+    # Each aiosqlite connection owns a thread and an open file. When a later loop finds
+    # the earlier one closed, its idle connections are terminated then, not left to the
+    # garbage collector: one run's thread at a time, not one more per asyncio.run.
+    def aiosqlite_threads() -> int:
+        return sum("_connection_worker_thread" in t.name for t in threading.enumerate())
+
+    before = aiosqlite_threads()
+    cache = SQLAlchemyCache(f"sqlite:///{tmp_path / 'runs.db'}")
+    alive = []
+    for i in range(6):
+        asyncio.run(cache.aupdate(f"p{i}", LLM, value(str(i))))
+        assert asyncio.run(cache.alookup(f"p{i}", LLM)) == value(str(i))
+        time.sleep(0.05)  # a stopped thread finishes its last item
+        alive.append(aiosqlite_threads() - before)
+    assert max(alive) <= 1, alive
+
+    async def close() -> None:
+        await cache.aclose()
+
+    asyncio.run(close())
 
 
 def test_threads_each_running_their_own_loop_share_a_cache(cache: SQLAlchemyCache) -> None:

@@ -30,7 +30,7 @@ from ._engines import EnginePair, resolve_engines
 from ._errors import ConfigurationError
 from ._eviction import TrimSchedule
 from ._keys import cache_key, llm_key
-from ._loops import LoopEngines, PerLoop
+from ._loops import LoopEngines, PerLoop, drop_pool
 from ._policy import ErrorPolicy, OnError
 from ._schema import DEFAULT_TABLE_NAME, cache_table
 from ._stats import CacheStats, Counters, ModelEntries, TableStats, utc
@@ -531,7 +531,7 @@ class SQLAlchemyCache(BaseCache):
         pools are dropped; prefer ``aclose()`` in async code.
         """
         for engine, _ in self._async_engines_to_dispose():
-            engine.sync_engine.dispose(close=False)
+            drop_pool(engine)
         for owned in self._engines.owned:
             if isinstance(owned, Engine):
                 owned.dispose()
@@ -546,7 +546,7 @@ class SQLAlchemyCache(BaseCache):
             if loop is running:
                 await engine.dispose()
             else:
-                engine.sync_engine.dispose(close=False)
+                drop_pool(engine)
         for owned in self._engines.owned:
             if isinstance(owned, Engine):
                 owned.dispose()

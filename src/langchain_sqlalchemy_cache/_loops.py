@@ -9,6 +9,7 @@ shared by threads that each run a loop, so each loop gets its own connection poo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import threading
 import weakref
@@ -59,6 +60,31 @@ def _clone(base: AsyncEngine) -> AsyncEngine:
     return AsyncEngine(twin)
 
 
+def drop_pool(engine: AsyncEngine) -> None:
+    """Drop the pool of an event loop that is gone, without I/O on that loop.
+
+    Idle connections are terminated first, as SQLAlchemy does for a connection the
+    garbage collector finds: for aiosqlite that closes the file and ends its thread now,
+    rather than whenever the collector gets there (warning about an unclosed connection,
+    and reporting its thread failing on the closed loop). Drivers whose sockets need
+    their closed loop fail quietly and are left to the collector, as before.
+    """
+    try:
+        asyncio.get_running_loop()  # aiosqlite reports the stop to the running loop
+    except RuntimeError:
+        idle = None  # outside any loop: left to the garbage collector
+    else:
+        idle = getattr(engine.sync_engine.pool, "_pool", None)  # QueuePool's idle records
+    while idle is not None:
+        try:
+            record = idle.get_nowait()
+        except Exception:  # Empty, or a pool without a queue
+            break
+        with contextlib.suppress(Exception):
+            record.dbapi_connection.terminate()
+    engine.sync_engine.dispose(close=False)
+
+
 class LoopEngines:
     """Hands out the AsyncEngine of the running event loop.
 
@@ -83,10 +109,11 @@ class LoopEngines:
             return self.base
         with self._lock:
             owner = self._base_loop() if self._base_loop is not None else None
+            for gone in [other for other in self._clones if other.is_closed()]:
+                drop_pool(self._clones.pop(gone))
             if owner is None or owner.is_closed():
                 if owner is not None:
-                    # Its connections died with their loop: drop them without I/O.
-                    self.base.sync_engine.dispose(close=False)
+                    drop_pool(self.base)  # its connections died with their loop
                 self._base_loop = weakref.ref(loop)
                 return self.base
             if owner is loop:
