@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from langchain_core.outputs import Generation
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import Connection, create_engine, event, text
 
 from langchain_sqlalchemy_cache import SQLAlchemyCache
 
@@ -182,3 +182,38 @@ async def test_cancellation_storm_leaks_nothing(mysql_cache: SQLAlchemyCache) ->
     results = await asyncio.gather(*(mysql_cache.alookup(f"p{i % 50}", LLM) for i in range(1000)))
     assert results == [value(f"{i % 50}{big}") for i in range(1000)]
     assert mysql_cache.stats().errors == 0
+
+
+def _server_counters(connection: Connection) -> dict[str, int]:
+    rows = connection.exec_driver_sql(
+        "SHOW GLOBAL STATUS WHERE Variable_name IN "
+        "('Com_select', 'Com_insert', 'Com_rollback', 'Com_commit', 'Com_begin')"
+    ).all()
+    return {name: int(count) for name, count in rows}
+
+
+async def test_every_call_is_one_statement_on_the_server(
+    mysql_cache: SQLAlchemyCache, mysql_url: str
+) -> None:
+    # The server's own counters: PyMySQL-style drivers send a ROLLBACK after every
+    # statement unless told not to, which would be a second round trip per call.
+    await mysql_cache.aupdate("p", LLM, value("x"))  # connections and table are ready
+    assert mysql_cache.lookup("p", LLM) == value("x")
+    monitor = create_engine(mysql_url.replace("mysql://", "mysql+pymysql://", 1))
+    with monitor.connect() as connection:  # connected (and set up) before counting
+        before = _server_counters(connection)
+        for _ in range(25):
+            assert mysql_cache.lookup("p", LLM) == value("x")
+            assert await mysql_cache.alookup("p", LLM) == value("x")
+            mysql_cache.update("q", LLM, value("y"))
+            await mysql_cache.aupdate("q", LLM, value("y"))
+        after = _server_counters(connection)
+    monitor.dispose()
+    sent = {name: after[name] - before[name] for name in before}
+    assert sent == {
+        "Com_select": 50,
+        "Com_insert": 50,
+        "Com_rollback": 0,
+        "Com_commit": 0,
+        "Com_begin": 0,
+    }

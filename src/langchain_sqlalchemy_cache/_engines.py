@@ -165,8 +165,15 @@ def _create(url: URL, factory: Callable[..., _E]) -> _E:
     # AUTOCOMMIT: every cache statement is a single atomic statement, so the
     # BEGIN/COMMIT round trips around it would buy nothing.
     try:
-        # Nothing to reset on return either: no transaction is ever left open.
-        engine = factory(url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None)
+        # Nothing to reset on return either: no transaction is ever left open. And no
+        # ROLLBACK after each statement: drivers such as PyMySQL send one to the server
+        # even in autocommit mode, a second round trip per call.
+        engine = factory(
+            url,
+            isolation_level="AUTOCOMMIT",
+            pool_reset_on_return=None,
+            skip_autocommit_rollback=True,
+        )
     except (ImportError, NoSuchModuleError) as exc:
         driver = url.drivername.partition("+")[2]
         extra = _EXTRAS.get(url.get_backend_name(), "")
