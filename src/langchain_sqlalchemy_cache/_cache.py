@@ -121,6 +121,13 @@ def _positive_int(name: str, value: object) -> int:
     return value
 
 
+def _may_terminate(
+    loop: asyncio.AbstractEventLoop | None, running: asyncio.AbstractEventLoop | None
+) -> bool:
+    # Not while another thread's running loop may be using them.
+    return loop is None or loop is running or loop.is_closed()
+
+
 class SQLAlchemyCache(BaseCache):
     """LLM response cache in a SQL table, with native-async and sync methods.
 
@@ -530,8 +537,12 @@ class SQLAlchemyCache(BaseCache):
         Async connections cannot be closed politely without their event loop, so their
         pools are dropped; prefer ``aclose()`` in async code.
         """
-        for engine, _ in self._async_engines_to_dispose():
-            drop_pool(engine)
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        for engine, loop in self._async_engines_to_dispose():
+            drop_pool(engine, terminate=_may_terminate(loop, running))
         for owned in self._engines.owned:
             if isinstance(owned, Engine):
                 owned.dispose()
@@ -546,7 +557,7 @@ class SQLAlchemyCache(BaseCache):
             if loop is running:
                 await engine.dispose()
             else:
-                drop_pool(engine)
+                drop_pool(engine, terminate=_may_terminate(loop, running))
         for owned in self._engines.owned:
             if isinstance(owned, Engine):
                 owned.dispose()

@@ -60,21 +60,21 @@ def _clone(base: AsyncEngine) -> AsyncEngine:
     return AsyncEngine(twin)
 
 
-def drop_pool(engine: AsyncEngine) -> None:
-    """Drop the pool of an event loop that is gone, without I/O on that loop.
+def drop_pool(engine: AsyncEngine, *, terminate: bool = True) -> None:
+    """Drop an engine's pool without I/O on the event loop its connections belong to.
 
-    Idle connections are terminated first, as SQLAlchemy does for a connection the
-    garbage collector finds: for aiosqlite that closes the file and ends its thread now,
-    rather than whenever the collector gets there (warning about an unclosed connection,
-    and reporting its thread failing on the closed loop). Drivers whose sockets need
-    their closed loop fail quietly and are left to the collector, as before.
+    With ``terminate`` (the loop is gone, or is this thread's), idle connections are
+    terminated first, as SQLAlchemy does for a connection the garbage collector finds:
+    for aiosqlite that closes the file and ends its thread now, rather than whenever the
+    collector gets there (warning about an unclosed connection, and reporting its thread
+    failing on the closed loop). Drivers whose sockets need their closed loop fail
+    quietly and are left to the collector, as before.
     """
     try:
         asyncio.get_running_loop()  # aiosqlite reports the stop to the running loop
     except RuntimeError:
-        idle = None  # outside any loop: left to the garbage collector
-    else:
-        idle = getattr(engine.sync_engine.pool, "_pool", None)  # QueuePool's idle records
+        terminate = False  # outside any loop: left to the garbage collector
+    idle = getattr(engine.sync_engine.pool, "_pool", None) if terminate else None
     while idle is not None:
         try:
             record = idle.get_nowait()
