@@ -102,6 +102,18 @@ def test_two_writers_drift_at_most_one_interval_each(make_cache: CacheFactory) -
         assert count(first) <= 40 + 2 * 4
 
 
+def test_short_lived_writers_trim_too(make_cache: CacheFactory) -> None:
+    # A script or CLI run that writes fewer entries than the interval still trims: each
+    # cache object trims on its first write.
+    table = unique_table()
+    for run in range(20):
+        writer = make_cache(table_name=table, max_entries=50)  # interval 5
+        for i in range(4):
+            writer.update(f"run{run}-{i}", "m", value("x"))
+        assert count(writer) <= 50 + 4
+    assert count(writer) >= 50
+
+
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "10"])
 def test_max_entries_is_validated(backend_url: str, bad: object) -> None:
     with pytest.raises(ConfigurationError, match="max_entries must be a positive int"):

@@ -189,8 +189,9 @@ class SQLAlchemyCache(BaseCache):
             namespace: Entries of different namespaces never see each other, even in
                 one table; ``clear()`` and ``purge_expired()`` touch only this one.
             max_entries: Keep the table's entries (of this namespace) near this many
-                by deleting the oldest ones. Amortised: each cache object trims after
-                every ``max(1, min(max_entries // 10, 1000))`` of its writes, so the
+                by deleting the oldest ones. Amortised: each cache object trims on its
+                first write and after every ``max(1, min(max_entries // 10, 1000))`` of
+                its writes, so the
                 table may exceed the bound by that many entries per writing process.
                 ``enforce_max_entries()`` trims at once. None (the default): no bound.
             store_prompts: Keep the prompt and llm_string text in the table, for

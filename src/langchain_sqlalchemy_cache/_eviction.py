@@ -1,7 +1,8 @@
 """When a ``max_entries`` cache trims its table.
 
 Counting the rows on every write would cost a scan per write, so each cache object
-counts its own writes instead and trims every ``check_every`` of them: it finds the
+counts its own writes instead and trims on its first one and then every
+``check_every`` of them: it finds the
 ``max_entries``-th newest entry through the (namespace, updated_at) index and deletes
 everything older, in batches. Between two trims one process adds at most
 ``check_every`` entries, so the table stays under ``max_entries + check_every`` per
@@ -30,7 +31,10 @@ class TrimSchedule:
         self.max_entries = max_entries
         self.check_every = check_interval(max_entries)
         self._lock = threading.Lock()
-        self._writes = 0
+        # The first write trims: a short-lived process (a script, a CLI run, a worker
+        # restarted often) may never write check_every entries, and must not let the
+        # table grow without bound.
+        self._writes = self.check_every - 1
 
     def wrote(self) -> bool:
         """Count one write; True for exactly one write in every ``check_every``."""
