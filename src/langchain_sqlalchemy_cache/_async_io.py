@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,6 +12,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ._loops import LoopEngines, PerLoop
+from ._retry import retry_delay
 from ._statements import Params
 from ._table import TableReadiness, prepare_table
 
@@ -54,7 +56,7 @@ class AsyncExecutor:
     ) -> tuple[Sequence[Row[Any]], int]:
         await self._ensure_table()
         sessions = self._sessionmakers.get()
-        for attempt in (1, 2):
+        for attempt in itertools.count(1):
             try:
                 async with sessions() as session:
                     result = await session.execute(statement, params)
@@ -62,9 +64,10 @@ class AsyncExecutor:
                         return result.all(), -1
                     return (), int(getattr(result, "rowcount", -1))
             except DBAPIError as exc:
-                # See SyncExecutor._run: one retry after the server dropped the connection.
-                if attempt == 2 or not exc.connection_invalidated:
+                delay = retry_delay(exc, attempt)  # a dropped connection, a deadlock
+                if delay is None:
                     raise
+                await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
     async def fetch(self, statement: Executable, params: Params) -> Sequence[Row[Any]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -9,6 +11,7 @@ from sqlalchemy import Engine, Executable, Row, Table
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import sessionmaker
 
+from ._retry import retry_delay
 from ._statements import Params
 from ._table import TableReadiness, prepare_table
 
@@ -35,7 +38,7 @@ class SyncExecutor:
         self, statement: Executable, params: Params | None, *, rows: bool
     ) -> tuple[Sequence[Row[Any]], int]:
         self._ensure_table()
-        for attempt in (1, 2):
+        for attempt in itertools.count(1):
             try:
                 with self._sessions() as session:
                     result = session.execute(statement, params)
@@ -43,12 +46,10 @@ class SyncExecutor:
                         return result.all(), -1
                     return (), int(getattr(result, "rowcount", -1))
             except DBAPIError as exc:
-                # A connection the server dropped (restart, idle timeout): SQLAlchemy
-                # has invalidated it, and every cache statement is idempotent, so one
-                # retry on a fresh connection hides the drop. It costs nothing until a
-                # drop happens, where a pre-ping would cost a round trip on every call.
-                if attempt == 2 or not exc.connection_invalidated:
+                delay = retry_delay(exc, attempt)  # a dropped connection, a deadlock
+                if delay is None:
                     raise
+                time.sleep(delay)
         raise AssertionError("unreachable")
 
     def fetch(self, statement: Executable, params: Params) -> Sequence[Row[Any]]:

@@ -1,0 +1,51 @@
+"""When a failed statement is run again, and after how long.
+
+Every statement the cache sends is idempotent (a SELECT, an upsert of whole entries, a
+DELETE by age), so running one again is always safe. Two failures are worth it:
+
+- The server dropped the connection (restart, idle timeout, ``pg_terminate_backend``,
+  ``KILL``): SQLAlchemy has invalidated it, and one retry on a fresh connection hides
+  the drop. It costs nothing until a drop happens, where a pre-ping would cost a round
+  trip on every call.
+- The server chose the statement as a deadlock victim (or a lock wait timed out): an
+  upsert batch locks rows in key order, but a purge or trim deletes in age order, so the
+  two can cross. The server already rolled the victim back; a retry after a short random
+  pause, when the other statement has finished, goes through. Without it a whole batch
+  of writes would be lost under ``on_error="miss"``.
+"""
+
+from __future__ import annotations
+
+import random
+
+from sqlalchemy.exc import DBAPIError
+
+# PostgreSQL SQLSTATEs: deadlock_detected, serialization_failure, lock_not_available.
+_PG_CONFLICTS = frozenset({"40P01", "40001", "55P03"})
+# MySQL/MariaDB error codes: ER_LOCK_DEADLOCK, ER_LOCK_WAIT_TIMEOUT.
+_MYSQL_CONFLICTS = frozenset({1213, 1205})
+# Attempts in all for a lock conflict; one retry for a dropped connection.
+CONFLICT_ATTEMPTS = 4
+
+
+def is_lock_conflict(exc: DBAPIError) -> bool:
+    """Whether the server rolled the statement back over a lock conflict."""
+    orig = exc.orig
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if state in _PG_CONFLICTS:
+        return True
+    args: tuple[object, ...] = getattr(orig, "args", ())
+    return bool(args) and args[0] in _MYSQL_CONFLICTS
+
+
+def retry_delay(exc: DBAPIError, attempt: int) -> float | None:
+    """Seconds to wait before running the statement again, or None to give up.
+
+    ``attempt`` is the number of the attempt that just failed, from 1.
+    """
+    if exc.connection_invalidated:
+        return 0.0 if attempt == 1 else None
+    if is_lock_conflict(exc) and attempt < CONFLICT_ATTEMPTS:
+        # Random, growing: two victims of one deadlock must not collide again.
+        return random.uniform(0.005, 0.02) * attempt
+    return None
