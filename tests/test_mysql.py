@@ -130,12 +130,24 @@ async def test_a_value_over_the_servers_packet_limit_is_skipped_not_raised(
     with mysql_cache.sync_engine.connect() as connection:
         limit = int(connection.execute(text("SELECT @@max_allowed_packet")).scalar_one())
     too_big = "z" * (limit + 1024)
+    await mysql_cache.aupdate("warm", LLM, value("x"))  # the next calls queue up behind
     with caplog.at_level(logging.WARNING, logger="langchain_sqlalchemy_cache"):
-        await mysql_cache.aupdate("huge", LLM, value(too_big))
+        # Written at the same moment, coalesced into one batch with the huge one: only
+        # the huge entry's own statement fails.
+        await asyncio.gather(
+            mysql_cache.aupdate("warm", LLM, value("x")),
+            *(mysql_cache.aupdate(f"small{i}", LLM, value(f"ok{i}")) for i in range(20)),
+            mysql_cache.aupdate("huge", LLM, value(too_big)),
+        )
         mysql_cache.update("huge", LLM, value(too_big))
     assert await mysql_cache.alookup("huge", LLM) is None
+    small = await asyncio.gather(*(mysql_cache.alookup(f"small{i}", LLM) for i in range(20)))
+    assert small == [value(f"ok{i}") for i in range(20)]
     assert mysql_cache.stats().errors == 2
     assert "cache update failed" in caplog.text
+    # The server closed those connections: none is left in the pool to trip over.
+    with mysql_cache.sync_engine.connect() as connection:
+        assert connection.execute(text("SELECT 1")).scalar_one() == 1
     # And the cache goes on working.
     await mysql_cache.aupdate("small", LLM, value("fine"))
     assert await mysql_cache.alookup("small", LLM) == value("fine")

@@ -21,7 +21,18 @@ R = TypeVar("R")
 # Callers woken per event-loop iteration when a batch answers.
 _WAKE_SLICE = 8
 
-RunBatch = Callable[[Sequence[T]], Awaitable[Sequence[R]]]
+
+@dataclass(frozen=True)
+class Failed:
+    """A batch function's result for an item that failed on its own.
+
+    Its caller gets ``error``; the rest of the batch does not.
+    """
+
+    error: Exception
+
+
+RunBatch = Callable[[Sequence[T]], Awaitable[Sequence[R | Failed]]]
 
 
 @dataclass
@@ -35,8 +46,9 @@ class _Queue(Generic[T, R]):
 class Coalescer(Generic[T, R]):
     """Queues calls per event loop and runs them as batches of at most ``max_batch``.
 
-    ``run_batch`` gets the items of one batch and returns one result per item, in order.
-    Every caller gets exactly its own result; a failing batch fails only its own callers;
+    ``run_batch`` gets the items of one batch and returns one result per item, in order
+    (a ``Failed`` for an item whose part of the batch failed alone). Every caller gets
+    exactly its own result; a failing batch fails only its own callers;
     a cancelled caller is dropped from its batch and cancels nobody else.
     """
 
@@ -139,5 +151,9 @@ class Coalescer(Generic[T, R]):
                 results[start : start + _WAKE_SLICE],
                 strict=True,
             ):
-                if not future.done():
+                if future.done():
+                    continue
+                if isinstance(result, Failed):
+                    future.set_exception(result.error)
+                else:
                     future.set_result(result)

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import _statements as sql
 from ._async_io import AsyncExecutor
-from ._batching import Coalescer
+from ._batching import Coalescer, Failed
 from ._codec import (
     UncacheableError,
     decode_generations,
@@ -95,6 +95,9 @@ def _table_stats(
 
 # Rows per multi-row upsert: each row is 6 parameters, and rows can be megabytes.
 _MAX_UPSERT_ROWS = 100
+# Bytes per upsert statement: well under MySQL's smallest usual max_allowed_packet (4 MiB
+# before 8.0, 16 MiB on MariaDB), so only an entry too big on its own can fail.
+_MAX_UPSERT_BYTES = 2 * 1024 * 1024
 
 
 def _default_concurrency(engines: EnginePair) -> int:
@@ -302,9 +305,16 @@ class SQLAlchemyCache(BaseCache):
         found = {row.key: row.payload for row in rows}
         return [found.get(key) for key in keys]
 
-    async def _write_rows(self, rows: Sequence[sql.Row]) -> list[None]:
-        await self._async.execute(self._sql.upsert, self._sql.upsert_params(rows))
-        return [None] * len(rows)
+    async def _write_rows(self, rows: Sequence[sql.Row]) -> list[Failed | None]:
+        results: list[Failed | None] = [None] * len(rows)
+        for chunk in sql.size_chunks(rows, _MAX_UPSERT_BYTES):
+            try:
+                params = self._sql.upsert_params([rows[index] for index in chunk])
+                await self._async.execute(self._sql.upsert, params)
+            except Exception as exc:  # this statement's writers fail, the others go on
+                for index in chunk:
+                    results[index] = Failed(exc)
+        return results
 
     # Sync facade.
 

@@ -12,10 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from sqlalchemy import URL, Engine, create_engine, event, make_url
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from ._errors import ConfigurationError
+from ._retry import MYSQL_PACKET_TOO_LARGE, mysql_error_code
 from ._statements import check_dialect
 
 # (backend, async driver) <-> (backend, sync driver). The first driver listed for a
@@ -161,6 +163,14 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _mysql_closed_connection(context: ExceptionContext) -> None:
+    # After "packet bigger than max_allowed_packet" the server closes the connection,
+    # but SQLAlchemy does not count the error as a disconnect and would pool the dead
+    # connection for the next call to trip over.
+    if mysql_error_code(context.original_exception) == MYSQL_PACKET_TOO_LARGE:
+        context.is_disconnect = True
+
+
 def _create(url: URL, factory: Callable[..., _E]) -> _E:
     # AUTOCOMMIT: every cache statement is a single atomic statement, so the
     # BEGIN/COMMIT round trips around it would buy nothing.
@@ -183,9 +193,11 @@ def _create(url: URL, factory: Callable[..., _E]) -> _E:
             f"or install {driver} yourself ({exc})"
         )
         raise ConfigurationError(msg) from exc
+    sync_side = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
     if url.get_backend_name() == "sqlite":
-        sync_side = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
         event.listen(sync_side, "connect", _sqlite_pragmas)
+    elif url.get_backend_name() in ("mysql", "mariadb"):
+        event.listen(sync_side, "handle_error", _mysql_closed_connection)
     return engine
 
 

@@ -24,18 +24,23 @@ from sqlalchemy.exc import DBAPIError
 _PG_CONFLICTS = frozenset({"40P01", "40001", "55P03"})
 # MySQL/MariaDB error codes: ER_LOCK_DEADLOCK, ER_LOCK_WAIT_TIMEOUT.
 _MYSQL_CONFLICTS = frozenset({1213, 1205})
+# ER_NET_PACKET_TOO_LARGE: the server closes the connection; sending again fails again.
+MYSQL_PACKET_TOO_LARGE = 1153
 # Attempts in all for a lock conflict; one retry for a dropped connection.
 CONFLICT_ATTEMPTS = 4
+
+
+def mysql_error_code(error: BaseException | None) -> object:
+    """The MySQL error number of a driver exception (its first argument), if any."""
+    args: tuple[object, ...] = getattr(error, "args", ())
+    return args[0] if args else None
 
 
 def is_lock_conflict(exc: DBAPIError) -> bool:
     """Whether the server rolled the statement back over a lock conflict."""
     orig = exc.orig
     state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-    if state in _PG_CONFLICTS:
-        return True
-    args: tuple[object, ...] = getattr(orig, "args", ())
-    return bool(args) and args[0] in _MYSQL_CONFLICTS
+    return state in _PG_CONFLICTS or mysql_error_code(orig) in _MYSQL_CONFLICTS
 
 
 def retry_delay(exc: DBAPIError, attempt: int) -> float | None:
@@ -44,7 +49,8 @@ def retry_delay(exc: DBAPIError, attempt: int) -> float | None:
     ``attempt`` is the number of the attempt that just failed, from 1.
     """
     if exc.connection_invalidated:
-        return 0.0 if attempt == 1 else None
+        too_large = mysql_error_code(exc.orig) == MYSQL_PACKET_TOO_LARGE
+        return 0.0 if attempt == 1 and not too_large else None
     if is_lock_conflict(exc) and attempt < CONFLICT_ATTEMPTS:
         # Random, growing: two victims of one deadlock must not collide again.
         return random.uniform(0.005, 0.02) * attempt

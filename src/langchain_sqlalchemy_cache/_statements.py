@@ -150,6 +150,25 @@ class Statements:
         return rows_params(self.dialect_name, [by_key[key] for key in sorted(by_key)])
 
 
+def size_chunks(rows: Sequence[Row], max_bytes: int) -> list[list[int]]:
+    """Split rows (by index, in order) into runs of at most ``max_bytes`` each.
+
+    Counted are the text and payload bytes; a row larger than the limit is a run of its
+    own. One oversized entry then fails only its own statement (MySQL refuses a statement
+    larger than ``max_allowed_packet``), not every write that shared its batch.
+    """
+    chunks: list[list[int]] = []
+    size = max_bytes
+    for index, row in enumerate(rows):
+        row_size = sum(len(row[name] or "") for name in ("prompt", "llm_string", "payload"))
+        if size + row_size > max_bytes:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(index)
+        size += row_size
+    return chunks
+
+
 def rows_params(dialect_name: str, rows: Sequence[Row]) -> Params:
     """Parameters of a multi-row write (``upsert``, ``build_insert_absent``) of ``rows``.
 
