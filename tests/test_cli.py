@@ -11,6 +11,7 @@ import io
 import os
 import pty
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,13 @@ from langchain_core.outputs import Generation
 from sqlalchemy import column, insert, make_url, table
 
 from langchain_sqlalchemy_cache import SQLAlchemyCache
-from langchain_sqlalchemy_cache._cli import ProgressBar, duration, hide_password, main
+from langchain_sqlalchemy_cache._cli import (
+    ProgressBar,
+    approximate_duration,
+    duration,
+    hide_password,
+    main,
+)
 from langchain_sqlalchemy_cache._migrate import FULL_LAYOUT, MigrationProgress
 
 from .conftest import CacheFactory, unique_table
@@ -131,6 +138,48 @@ def test_usage_errors_are_one_line(capsys: pytest.CaptureFixture[str], args: lis
 def test_passwords_are_hidden() -> None:
     assert hide_password("postgresql://app:hunter2@db/x") == "postgresql://app:***@db/x"
     assert "hunter2" not in hide_password("postgresql://app:hunter2@db:notaport/x")
+    assert hide_password("postgresql://app:p@ss@db/x") == "postgresql://app:***@db/x"
+    assert "hunter2" not in hide_password("mysql://app@db/x?password=hunter2")
+    assert "hunter2" not in hide_password("postgresql//app:hunter2@db/x")  # unparsable
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql//app:hunter2@db/x",  # no "://"
+        "postgresql://app:hunter2@db:notaport/x",  # a port that is no number
+        "mysql://app@127.0.0.1:1/x?password=hunter2",
+    ],
+)
+def test_bad_urls_are_one_line_without_the_password(
+    capsys: pytest.CaptureFixture[str], url: str
+) -> None:
+    status, _, err = cli(capsys, "stats", url)
+    assert status == 1
+    assert_one_line_error(err, "error: ")
+    assert "hunter2" not in err
+
+
+def test_ages_are_rounded_to_their_largest_unit() -> None:
+    assert [approximate_duration(s) for s in (0, 45.7, 125, 7200, 284_412)] == [
+        "0s",
+        "45s",
+        "2m",
+        "2h",
+        "3d",
+    ]
+
+
+def test_stats_into_a_closed_pipe_is_quiet(backend_url: str, stocked: SQLAlchemyCache) -> None:
+    # `stats URL | head -1`: the reader leaves early; no error, no traceback.
+    command = [sys.executable, "-m", "langchain_sqlalchemy_cache", "stats", backend_url]
+    command += ["--table", stocked._table.name]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        assert process.stdout is not None
+        process.stdout.close()  # before it writes a word
+        _, err = process.communicate(timeout=120)
+    assert process.returncode == 0
+    assert err == b""
 
 
 # stats
@@ -160,6 +209,13 @@ def test_stats(
 def test_stats_of_a_missing_table_or_another_layout(
     capsys: pytest.CaptureFixture[str], backend_url: str
 ) -> None:
+    if backend_url.startswith("sqlite"):
+        path = make_url(backend_url).database
+        assert path is not None
+        status, out, err = cli(capsys, "stats", backend_url, "--table", "no_such_table")
+        assert (status, out, err) == (1, "", f"error: no SQLite database at {path!r}\n")
+        assert not os.path.exists(path)  # a mistyped path creates no empty database
+        sqlite3.connect(path).close()
     status, out, err = cli(capsys, "stats", backend_url, "--table", "no_such_table")
     assert (status, out) == (1, "")
     assert err == f"error: table 'no_such_table' does not exist in {hide_password(backend_url)}\n"

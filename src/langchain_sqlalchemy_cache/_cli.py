@@ -8,6 +8,7 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import time
@@ -19,6 +20,7 @@ from sqlalchemy import MetaData, func, inspect, make_url, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from ._cache import SQLAlchemyCache
+from ._engines import mask_url
 from ._errors import CacheError
 from ._keys import llm_key
 from ._migrate import MigrationProgress, MigrationReport, migrate
@@ -31,7 +33,6 @@ _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([smhd]?)")
 _DURATION_HELP = "seconds, or a number with s, m, h or d: 90s, 15m, 2h, 7d"
 # Models listed by ``stats``; the rest are summed up in one line.
 _STATS_MODELS = 20
-_PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]*:)[^@\s]+@")
 
 
 class CliError(Exception):
@@ -83,12 +84,22 @@ def format_duration(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
+def approximate_duration(seconds: float) -> str:
+    """``3d``, ``7h``, ``2m``, ``45s``: the largest whole unit, rounded down."""
+    for unit in ("d", "h", "m"):
+        if seconds >= _UNITS[unit]:
+            return f"{int(seconds // _UNITS[unit])}{unit}"
+    return f"{int(seconds)}s"
+
+
 def hide_password(url: str) -> str:
     """The URL as it may be shown: with its password replaced by ``***``."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
     except Exception:
-        return _PASSWORD_IN_URL.sub(r"\1***@", url)
+        return mask_url(url)
+    # render_as_string hides the password of user:password@, not one in the query.
+    return mask_url(parsed.render_as_string(hide_password=True))
 
 
 def _one_line(exc: BaseException) -> str:
@@ -100,7 +111,7 @@ def _one_line(exc: BaseException) -> str:
     else:
         text = f"{type(exc).__name__}: {exc}"
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return _PASSWORD_IN_URL.sub(r"\1***@", lines[0] if lines else type(exc).__name__)
+    return mask_url(lines[0] if lines else type(exc).__name__)
 
 
 # The parser.
@@ -217,6 +228,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     run: Callable[[argparse.Namespace], int] = args.run
     try:
         return run(args)
+    except BrokenPipeError:
+        # The reader went away (``stats URL | head``): nothing more to say to it.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -236,6 +251,10 @@ def _where(args: argparse.Namespace) -> str:
 
 def _open(args: argparse.Namespace, **options: Any) -> SQLAlchemyCache:
     """The cache on ``args``' table, which must exist: nothing is created."""
+    database = _sqlite_file(args.url)
+    if database is not None and not os.path.exists(database):
+        # Connecting would create an empty database file under the mistyped name.
+        raise CliError(f"no SQLite database at {database!r}")
     cache = SQLAlchemyCache(
         args.url,
         table_name=args.table,
@@ -251,6 +270,16 @@ def _open(args: argparse.Namespace, **options: Any) -> SQLAlchemyCache:
         cache.close()
         raise
     return cache
+
+
+def _sqlite_file(url: str) -> str | None:
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return None  # the cache reports an unusable URL itself
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return None
+    return parsed.database
 
 
 def _check_table(cache: SQLAlchemyCache, args: argparse.Namespace) -> None:
@@ -295,8 +324,7 @@ def _when(moment: datetime | None) -> str:
     if moment is None:
         return "-"
     age = max(0.0, (datetime.now(timezone.utc) - moment).total_seconds())
-    ago = format_duration(round(age)) if age >= 1 else "0s"
-    return f"{moment:%Y-%m-%d %H:%M:%S} UTC ({ago} ago)"
+    return f"{moment:%Y-%m-%d %H:%M:%S} UTC ({approximate_duration(age)} ago)"
 
 
 def _model_label(llm_string: str | None, key: str | None) -> str:
@@ -357,14 +385,13 @@ def _purge(args: argparse.Namespace) -> int:
     return 0
 
 
-def _count(cache: SQLAlchemyCache, args: argparse.Namespace, cutoff: float | None) -> int:
+def _count(cache: SQLAlchemyCache, args: argparse.Namespace, cutoff: float) -> int:
     """How many entries ``clear`` with these filters would delete."""
     table = cache_table(MetaData(), args.table, args.schema)
     query = select(func.count()).select_from(table).where(table.c.namespace == args.namespace)
     if args.llm_string is not None:
         query = query.where(table.c.llm_key == llm_key(args.llm_string))
-    if cutoff is not None:
-        query = query.where(table.c.updated_at < cutoff)
+    query = query.where(table.c.updated_at < cutoff)
     with cache.sync_engine.connect() as connection:
         return int(connection.execute(query).scalar_one())
 
@@ -379,8 +406,9 @@ def _confirmed() -> bool:
 
 def _clear(args: argparse.Namespace) -> int:
     with _open(args) as cache:
-        # One cutoff, fixed when counting: what is deleted is what was counted.
-        cutoff = None if args.older_than is None else time.time() - args.older_than
+        # One cutoff, fixed when counting, also without --older-than: entries written
+        # while the question waits for an answer are not deleted.
+        cutoff = time.time() - (args.older_than or 0.0)
         count = _count(cache, args, cutoff)
         what = "entries"
         if args.llm_string is not None:
@@ -400,13 +428,12 @@ def _clear(args: argparse.Namespace) -> int:
             if not _confirmed():
                 print("nothing deleted", file=sys.stderr)
                 return 1
-        filters: dict[str, Any] = {}
-        if args.llm_string is not None:
-            filters["llm_string"] = args.llm_string
-        if cutoff is not None:
-            filters["older_than"] = time.time() - cutoff
-        cache.clear(**filters)
-    print(f"deleted {count:,} {what}")
+        # The cache's own DELETE with the very cutoff counted, run directly for its row
+        # count (clear() returns nothing, as LangChain's BaseCache says).
+        model = None if args.llm_string is None else llm_key(args.llm_string)
+        statement, params = cache._sql.clear(model, cutoff)
+        deleted = cache._sync.execute(statement, params)
+    print(f"deleted {deleted:,} {what}")
     return 0
 
 

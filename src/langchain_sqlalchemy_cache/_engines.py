@@ -7,6 +7,7 @@ one's URL by swapping the driver for its twin.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -81,11 +82,30 @@ class EnginePair:
         return self.sync_engine.dialect.name
 
 
+# What may be a password in a URL that could not be parsed: "user:secret@" up to the
+# last "@" before the host, and password=... in the query.
+_URL_SECRETS = (
+    (re.compile(r"([^/:@\s]*:)[^/\s]*@"), r"\1***@"),
+    (re.compile(r"(password=)[^&\s]*", re.IGNORECASE), r"\1***"),
+)
+
+
+def mask_url(text: str) -> str:
+    """``text`` with anything that looks like a password in a URL replaced by ``***``."""
+    for pattern, replacement in _URL_SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
 def _parse(url: str | URL) -> URL:
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
-        msg = f"cannot parse the database URL {url!r}: {exc}"
+    except (ArgumentError, ValueError) as exc:  # ValueError: e.g. a port that is no number
+        shown = mask_url(url if isinstance(url, str) else url.render_as_string())
+        msg = (
+            f"cannot parse the database URL {shown!r}: write it as "
+            "dialect[+driver]://user@host[:port]/database, e.g. postgresql://app@db-host/app"
+        )
         raise ConfigurationError(msg) from exc
     if parsed.get_backend_name() == "postgres":
         # Heroku-style URLs; SQLAlchemy only knows the long name.
