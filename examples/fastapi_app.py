@@ -58,6 +58,8 @@ class SingleFlight(Generic[K, V]):
         task = self._calls.get(key)
         if task is None:
             task = self._calls[key] = asyncio.ensure_future(self._lead(key, call))
+            # Also freed if the task is cancelled before it ever ran (at shutdown).
+            task.add_done_callback(lambda done: self._forget(key, done))
         # A client that disconnects cancels its own wait, never the call the others share.
         return await asyncio.shield(task)
 
@@ -66,6 +68,10 @@ class SingleFlight(Generic[K, V]):
             return await call()
         finally:
             # Freed before the task completes, so no caller can join a finished call.
+            self._forget(key, asyncio.current_task())
+
+    def _forget(self, key: K, task: asyncio.Future[V] | None) -> None:
+        if self._calls.get(key) is task:
             del self._calls[key]
 
     async def wait(self) -> None:

@@ -263,3 +263,20 @@ async def test_the_module_app_needs_chat_model(monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(RuntimeError, match="set CHAT_MODEL"):
         async with app.router.lifespan_context(app):
             pass
+
+
+async def test_a_shared_call_cancelled_before_it_ran_frees_its_prompt() -> None:
+    # At shutdown a shared call can be cancelled before its first step: the prompt must
+    # not stay mapped to that dead task, or every later request for it would fail.
+    flight = fastapi_app.SingleFlight[str, str]()
+
+    async def answer() -> str:
+        return "fresh"
+
+    waiter = asyncio.ensure_future(flight.run("prompt", answer))
+    await asyncio.sleep(0)  # the waiter made the shared task; it has not run yet
+    flight._calls["prompt"].cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert "prompt" not in flight._calls
+    assert await flight.run("prompt", answer) == "fresh"

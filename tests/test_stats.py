@@ -7,7 +7,7 @@ from datetime import timezone
 
 import pytest
 from langchain_core.outputs import Generation
-from sqlalchemy import func, select, update
+from sqlalchemy import create_engine, func, select, update
 
 from langchain_sqlalchemy_cache import CacheError, SQLAlchemyCache, TableStats
 
@@ -168,3 +168,21 @@ async def test_table_stats_raise_even_under_the_miss_policy(backend_url: str) ->
     with pytest.raises(CacheError, match="table_stats failed"):
         await cache.astats()
     await cache.aclose()
+
+
+def test_table_bytes_of_a_table_in_its_own_schema(postgres_url: str) -> None:
+    schema = f"Stats {unique_table()}"  # a name that needs quoting
+    admin = create_engine(postgres_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with admin.begin() as connection:
+        connection.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    try:
+        with SQLAlchemyCache(postgres_url, table_name="Odd Name", schema=schema) as cache:
+            cache.update("p", "m", value("x"))
+            stats = cache.table_stats()
+        assert stats.entries == 1
+        assert stats.table_bytes is not None
+        assert stats.table_bytes > 0
+    finally:
+        with admin.begin() as connection:
+            connection.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+        admin.dispose()

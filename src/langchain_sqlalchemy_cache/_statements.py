@@ -222,18 +222,25 @@ def build_statements(
         .group_by(table.c.llm_key)
         .order_by(desc(func.count()), table.c.llm_key),
         table_size=_table_size(dialect_name),
-        table_size_params={"name": table.name, "schema": table.schema},
+        table_size_params={
+            "name": table.name,
+            "schema": table.schema,
+            "relation": _PG_PREPARER.format_table(table),
+        },
     )
+
+
+# Quotes a table name as PostgreSQL reads it (for to_regclass).
+_PG_PREPARER = postgresql.base.PGIdentifierPreparer(
+    postgresql.base.PGDialect()  # type: ignore[no-untyped-call]
+)
 
 
 def _table_size(dialect_name: str) -> TextClause | None:
     """The statement that reads the table's size on disk with its indexes, if any."""
     if dialect_name == "postgresql":
-        return text(
-            "SELECT pg_total_relation_size(c.oid) FROM pg_class c "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE c.relname = :name AND n.nspname = COALESCE(:schema, current_schema())"
-        )
+        # to_regclass resolves the name as the queries do (search_path included).
+        return text("SELECT pg_total_relation_size(to_regclass(:relation))")
     if dialect_name in ("mysql", "mariadb"):
         return text(
             "SELECT data_length + index_length FROM information_schema.tables "
