@@ -650,7 +650,7 @@ def test_errors_name_the_problem(community: Community) -> None:
         migrate(community.url, destination, table_name=unique_table(), **options)
     with pytest.raises(MigrationError, match="source and destination table are both"):
         migrate(community.url, destination, table_name=destination, **options)
-    with pytest.raises(MigrationError, match="batch_size must be a positive int"):
+    with pytest.raises(ConfigurationError, match="batch_size must be a positive int"):
         migrate(community.url, table_name=destination, batch_size=0, **options)
     # A destination of another layout is reported as the cache reports it.
     with pytest.raises(ConfigurationError, match="lacks the columns"):

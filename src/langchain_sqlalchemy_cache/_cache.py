@@ -117,7 +117,7 @@ def _default_concurrency(engines: EnginePair) -> int:
     return 5  # NullPool and friends: no fixed bound; stay modest with the server
 
 
-def _positive_int(name: str, value: object) -> int:
+def positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         msg = f"{name} must be a positive int, got {value!r}"
         raise ConfigurationError(msg)
@@ -232,7 +232,7 @@ class SQLAlchemyCache(BaseCache):
             raise ConfigurationError(msg)
         self._namespace = namespace
         self._trims = (
-            None if max_entries is None else TrimSchedule(_positive_int("max_entries", max_entries))
+            None if max_entries is None else TrimSchedule(positive_int("max_entries", max_entries))
         )
         self._counters = Counters()
         # table_stats() is an inspection: its failures are always reported.
@@ -244,11 +244,11 @@ class SQLAlchemyCache(BaseCache):
         self._loop_engines = LoopEngines(self._engines.async_engine)
         self._async = AsyncExecutor(self._loop_engines, self._table, readiness)
         self._sync = SyncExecutor(self._engines.sync_engine, self._table, readiness)
-        batch = _positive_int("max_batch_size", max_batch_size) if coalesce else 1
+        batch = positive_int("max_batch_size", max_batch_size) if coalesce else 1
         slots = (
             _default_concurrency(self._engines)
             if max_concurrency is None
-            else _positive_int("max_concurrency", max_concurrency)
+            else positive_int("max_concurrency", max_concurrency)
         )
         self._slots: PerLoop[asyncio.Semaphore] = PerLoop(lambda: asyncio.Semaphore(slots))
         self._lookups: Coalescer[str, bytes | None] = Coalescer(

@@ -54,7 +54,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ._cache import SQLAlchemyCache
+from ._cache import SQLAlchemyCache, positive_int
 from ._codec import (
     GENERATION_CLASSES,
     MESSAGE_CLASSES,
@@ -445,13 +445,6 @@ def _entry(group: _Group, *, namespace: str, store_prompts: bool, now: float) ->
     )
 
 
-def _positive(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        msg = f"{name} must be a positive int, got {value!r}"
-        raise MigrationError(msg)
-    return value
-
-
 def _source_layout(
     connection: Connection, from_table: str, from_schema: str | None, where: str
 ) -> SourceLayout:
@@ -517,7 +510,7 @@ def migrate(
         ConfigurationError: The engine or the destination options cannot be used, or
             the destination table exists with another layout.
     """
-    batch_size = _positive("batch_size", batch_size)
+    batch_size = positive_int("batch_size", batch_size)
     if (from_table, from_schema) == (table_name, schema):
         msg = f"the source and destination table are both {table_name!r}"
         raise MigrationError(msg)
