@@ -192,8 +192,10 @@ def build_statements(
     older = table.c.updated_at < bindparam("cutoff")
     of_model = table.c.llm_key == bindparam("llm_key")
     clears = {
-        (by_model, by_age): delete(table).where(
-            own, *((of_model,) if by_model else ()), *((older,) if by_age else ())
+        (by_model, by_age): _clear(
+            table,
+            dialect_name,
+            [own, *((of_model,) if by_model else ()), *((older,) if by_age else ())],
         )
         for by_model in (False, True)
         for by_age in (False, True)
@@ -266,6 +268,15 @@ def _sqlite_has_dbstat() -> bool:
     finally:
         connection.close()
     return True
+
+
+def _clear(table: Table, dialect_name: str, conditions: list[Any]) -> Delete:
+    if dialect_name == "postgresql":
+        # Rows locked in key order, as every upsert batch locks them: a clear beside busy
+        # writers then waits its turn instead of deadlocking (seen with 4 processes).
+        victims = select(table.c.key).where(*conditions).order_by(table.c.key).with_for_update()
+        return delete(table).where(table.c.key.in_(victims.scalar_subquery()))
+    return delete(table).where(*conditions)
 
 
 def _purge_batch(table: Table, dialect_name: str, older: Any) -> Delete:
