@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import MetaData
 
+from langchain_sqlalchemy_cache._keys import cache_key, llm_key
 from langchain_sqlalchemy_cache._schema import cache_table
 from langchain_sqlalchemy_cache._statements import build_statements, entry_row
 
@@ -13,21 +14,34 @@ from langchain_sqlalchemy_cache._statements import build_statements, entry_row
 def test_upsert_params_deduplicate_last_write_wins_and_sort_by_key(dialect: str) -> None:
     statements = build_statements(cache_table(MetaData()), dialect)
     rows = [
-        entry_row("k2", None, None, b"first", 1.0),
-        entry_row("k3", None, None, b"x", 1.0),
-        entry_row("k1", None, None, b"y", 1.0),
-        entry_row("k2", None, None, b"last", 2.0),
+        entry_row("p2", "m", b"first", 1.0),
+        entry_row("p3", "m", b"x", 1.0),
+        entry_row("p1", "m", b"y", 1.0),
+        entry_row("p2", "m", b"last", 2.0),
     ]
+    # Sorted by key (a hash, so not in prompt order); p2's last write wins.
+    expected = sorted(
+        [(rows[3]["key"], b"last", 2.0), *((r["key"], r["payload"], 1.0) for r in rows[1:3])]
+    )
     params = statements.upsert_params(rows)
     if dialect == "postgresql":
         assert isinstance(params, dict)
-        assert params["key_array"] == ["k1", "k2", "k3"]
-        assert params["payload_array"] == [b"y", b"last", b"x"]
-        assert params["updated_at_array"] == [1.0, 2.0, 1.0]
+        columns = ("key_array", "payload_array", "updated_at_array")
+        got = list(zip(*(params[name] for name in columns), strict=True))
     else:
         assert isinstance(params, list)
-        assert [p["key"] for p in params] == ["k1", "k2", "k3"]
-        assert [p["payload"] for p in params] == [b"y", b"last", b"x"]
+        got = [(p["key"], p["payload"], p["updated_at"]) for p in params]
+    assert got == expected
+
+
+def test_entry_rows_hash_the_inputs_and_keep_their_text_unless_told_not_to() -> None:
+    kept = entry_row("prompt", "model", b"x", 5.0, namespace="ns")
+    hashed = entry_row("prompt", "model", b"x", 5.0, namespace="ns", store_prompts=False)
+    assert kept["key"] == hashed["key"] == cache_key("prompt", "model", "ns")
+    assert kept["llm_key"] == hashed["llm_key"] == llm_key("model")
+    assert (kept["prompt"], kept["llm_string"]) == ('"prompt"', '"model"')
+    assert (hashed["prompt"], hashed["llm_string"]) == (None, None)
+    assert entry_row("prompt", "model", b"x", 5.0)["key"] != kept["key"]  # other namespace
 
 
 def test_lookup_params_send_each_key_once() -> None:

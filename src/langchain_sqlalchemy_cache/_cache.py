@@ -22,7 +22,6 @@ from ._codec import (
     decode_generations,
     decode_text,
     encode_generations,
-    encode_text,
     logger,
     validate_generations,
 )
@@ -122,13 +121,6 @@ def positive_int(name: str, value: object) -> int:
         msg = f"{name} must be a positive int, got {value!r}"
         raise ConfigurationError(msg)
     return value
-
-
-def _may_terminate(
-    loop: asyncio.AbstractEventLoop | None, running: asyncio.AbstractEventLoop | None
-) -> bool:
-    # Not while another thread's running loop may be using them.
-    return loop is None or loop is running or loop.is_closed()
 
 
 class SQLAlchemyCache(BaseCache):
@@ -281,22 +273,21 @@ class SQLAlchemyCache(BaseCache):
         A wrong argument type raises; content that JSON cannot hold only skips caching,
         since LangChain stores every model answer and the call itself must not fail.
         """
-        key = self._key(prompt, llm_string)
+        _check_text("prompt", prompt)
+        _check_text("llm_string", llm_string)
         generations = validate_generations(return_val)
         try:
             payload = encode_generations(generations)
         except UncacheableError as exc:
             logger.warning("not caching this answer: %s", exc)
             return None
-        stored = self._store_prompts
         return sql.entry_row(
-            key,
-            encode_text(prompt) if stored else None,
-            encode_text(llm_string) if stored else None,
+            prompt,
+            llm_string,
             payload,
             time.time(),
             namespace=self._namespace,
-            llm_key=llm_key(llm_string),
+            store_prompts=self._store_prompts,
         )
 
     async def _fetch_payloads(self, keys: Sequence[str]) -> list[bytes | None]:
@@ -548,12 +539,8 @@ class SQLAlchemyCache(BaseCache):
         Async connections cannot be closed politely without their event loop, so their
         pools are dropped; prefer ``aclose()`` in async code.
         """
-        try:
-            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
         for engine, loop in self._async_engines_to_dispose():
-            drop_pool(engine, terminate=_may_terminate(loop, running))
+            drop_pool(engine, loop)
         for owned in self._engines.owned:
             if isinstance(owned, Engine):
                 owned.dispose()
@@ -568,7 +555,7 @@ class SQLAlchemyCache(BaseCache):
             if loop is running:
                 await engine.dispose()
             else:
-                drop_pool(engine, terminate=_may_terminate(loop, running))
+                drop_pool(engine, loop)
         for owned in self._engines.owned:
             if isinstance(owned, Engine):
                 owned.dispose()

@@ -60,21 +60,23 @@ def _clone(base: AsyncEngine) -> AsyncEngine:
     return AsyncEngine(twin)
 
 
-def drop_pool(engine: AsyncEngine, *, terminate: bool = True) -> None:
-    """Drop an engine's pool without I/O on the event loop its connections belong to.
+def drop_pool(engine: AsyncEngine, loop: asyncio.AbstractEventLoop | None) -> None:
+    """Drop the pool of ``engine``, whose connections belong to ``loop``, without I/O.
 
-    With ``terminate`` (the loop is gone, or is this thread's), idle connections are
+    When ``loop`` is gone (or is this thread's running loop), idle connections are
     terminated first, as SQLAlchemy does for a connection the garbage collector finds:
     for aiosqlite that closes the file and ends its thread now, rather than whenever the
     collector gets there (warning about an unclosed connection, and reporting its thread
     failing on the closed loop). Drivers whose sockets need their closed loop fail
-    quietly and are left to the collector, as before.
+    quietly and are left to the collector. Connections of a loop still running in
+    another thread are never touched from this one.
     """
     try:
-        asyncio.get_running_loop()  # aiosqlite reports the stop to the running loop
+        running = asyncio.get_running_loop()  # aiosqlite reports the stop to it
     except RuntimeError:
-        terminate = False  # outside any loop: left to the garbage collector
-    idle = getattr(engine.sync_engine.pool, "_pool", None) if terminate else None
+        running = None  # outside any loop: left to the garbage collector
+    ours = loop is None or loop is running or loop.is_closed()
+    idle = getattr(engine.sync_engine.pool, "_pool", None) if running and ours else None
     while idle is not None:
         try:
             record = idle.get_nowait()
@@ -110,10 +112,10 @@ class LoopEngines:
         with self._lock:
             owner = self._base_loop() if self._base_loop is not None else None
             for gone in [other for other in self._clones if other.is_closed()]:
-                drop_pool(self._clones.pop(gone))
+                drop_pool(self._clones.pop(gone), gone)
             if owner is None or owner.is_closed():
                 if owner is not None:
-                    drop_pool(self.base)  # its connections died with their loop
+                    drop_pool(self.base, owner)  # its connections died with their loop
                 self._base_loop = weakref.ref(loop)
                 return self.base
             if owner is loop:

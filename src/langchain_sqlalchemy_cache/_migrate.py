@@ -60,13 +60,11 @@ from ._codec import (
     MESSAGE_CLASSES,
     UncacheableError,
     encode_generations,
-    encode_text,
 )
 from ._errors import CacheError
-from ._keys import cache_key, llm_key
 from ._schema import DEFAULT_TABLE_NAME
 from ._statements import Row, build_insert_absent, entry_row, rows_params
-from ._table import create_table
+from ._table import prepare_table
 
 # langchain_core.load refuses deeper nesting too.
 _MAX_DEPTH = 200
@@ -435,13 +433,7 @@ def _entry(group: _Group, *, namespace: str, store_prompts: bool, now: float) ->
     except UncacheableError as exc:
         raise UnreadableEntry(str(exc)[:160]) from None
     return entry_row(
-        cache_key(group.prompt, group.llm, namespace),
-        encode_text(group.prompt) if store_prompts else None,
-        encode_text(group.llm) if store_prompts else None,
-        payload,
-        now,
-        namespace=namespace,
-        llm_key=llm_key(group.llm),
+        group.prompt, group.llm, payload, now, namespace=namespace, store_prompts=store_prompts
     )
 
 
@@ -531,7 +523,7 @@ def migrate(
         destination = cache._table
         with sync_engine.connect() as connection:
             layout = _source_layout(connection, from_table, from_schema, where)
-            create_table(connection, destination)
+            prepare_table(connection, destination, create=True)
         statements = build_source_statements(
             source_table(from_table, from_schema, layout), layout, dialect_name
         )

@@ -32,8 +32,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
+from ._codec import encode_text
 from ._errors import ConfigurationError
-from ._keys import KEY_LENGTH
+from ._keys import KEY_LENGTH, cache_key, llm_key
 from ._schema import FORMAT_VERSION
 
 Row = Mapping[str, Any]
@@ -70,22 +71,24 @@ def check_dialect(dialect_name: str) -> None:
 
 
 def entry_row(
-    key: str,
-    prompt: str | None,
-    llm_string: str | None,
+    prompt: str,
+    llm_string: str,
     payload: bytes,
     now: float,
     *,
     namespace: str = "",
-    llm_key: str | None = None,
+    store_prompts: bool = True,
 ) -> Row:
-    """Return the column values of one cache entry."""
+    """Return the column values of one cache entry (written by the cache and by migrate).
+
+    With ``store_prompts`` False only the hashes of the prompt and llm_string are kept.
+    """
     return {
-        "key": key,
+        "key": cache_key(prompt, llm_string, namespace),
         "namespace": namespace,
-        "llm_key": llm_key,
-        "prompt": prompt,
-        "llm_string": llm_string,
+        "llm_key": llm_key(llm_string),
+        "prompt": encode_text(prompt) if store_prompts else None,
+        "llm_string": encode_text(llm_string) if store_prompts else None,
         "payload": payload,
         "updated_at": now,
         "format": FORMAT_VERSION,

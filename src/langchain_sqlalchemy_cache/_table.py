@@ -55,11 +55,6 @@ def prepare_table(connection: Connection, table: Table, *, create: bool) -> None
         raise ConfigurationError(msg)
 
 
-def create_table(connection: Connection, table: Table) -> None:
-    """Create the table if missing and check its columns (``prepare_table``, creating)."""
-    prepare_table(connection, table, create=True)
-
-
 class TableReadiness:
     """Whether the table is known to be usable, and the locks that check it once.
 
