@@ -168,6 +168,7 @@ class Load:
 
     ops: list[Op] = field(default_factory=list)
     escaped: list[BaseException] = field(default_factory=list)
+    promoting_at: float = float("inf")
     promoted_at: float = float("inf")
     lock: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)
@@ -244,19 +245,19 @@ def sync_worker(cache: SQLAlchemyCache, load: Load, worker: int) -> None:
 def report(load: Load, killed_at: float) -> dict[str, float]:
     """The gap as the load saw it: kill -> promotion -> first hit, and the slowest call."""
     after_kill = [op for op in load.ops if op.started > killed_at]
-    failed = [op for op in after_kill if op.kind == "lookup" and not op.hit]
     first_hit = min(
         op.ended
         for op in after_kill
-        if op.kind == "lookup" and op.hit and op.started > failed[0].started
+        if op.kind == "lookup" and op.hit and op.ended > load.promoting_at
     )
     figures = {
-        "kill_to_first_failed_lookup_ms": (failed[0].ended - killed_at) * 1000,
-        "kill_to_promotion_returned_ms": (load.promoted_at - killed_at) * 1000,
+        # The test's own detection, standing in for Patroni's or the cloud's.
+        "kill_to_promote_call_ms": (load.promoting_at - killed_at) * 1000,
+        "promote_call_to_returned_ms": (load.promoted_at - load.promoting_at) * 1000,
         # Negative: the first hit came before pg_promote() had even returned to the test.
         "promotion_returned_to_first_hit_ms": (first_hit - load.promoted_at) * 1000,
         "slowest_call_after_kill_ms": max(op.ended - op.started for op in after_kill) * 1000,
-        "failed_lookups": len(failed),
+        "failed_lookups": sum(1 for op in after_kill if op.kind == "lookup" and not op.hit),
         "calls_after_kill": len(after_kill),
     }
     print(f"\nfailover figures: {figures}")
@@ -265,6 +266,14 @@ def report(load: Load, killed_at: float) -> dict[str, float]:
 
 @pytest.mark.timeout(240)
 async def test_failover_under_load_loses_nothing_written_after_the_promotion() -> None:
+    """200 tasks and 4 threads mix lookups of replicated entries and writes of new ones
+    while the primary is killed and the standby promoted.
+
+    The recovery bound is stated on events, not on a clock: every call that began after
+    pg_promote() returned must succeed (a lookup hits, a write is found on the new
+    primary afterwards), so the cache needs no time of its own to recover. The gap is
+    measured and printed, not asserted: this machine's timings are noisy.
+    """
     with cluster_or_skip(standbys=1) as cluster:
         old, new = cluster.primary, cluster.standbys[0]
         cache = SQLAlchemyCache(multihost(old, new), table_name="failover", on_error="miss")
@@ -290,6 +299,7 @@ async def test_failover_under_load_loses_nothing_written_after_the_promotion() -
                 await asyncio.to_thread(old.stop, "immediate")
                 # The load must meet the dead primary before the promotion.
                 await load.until(lambda: cache.stats().errors > 0)
+                load.promoting_at = time.monotonic()
                 await asyncio.to_thread(new.promote)
                 load.promoted_at = time.monotonic()
 
