@@ -80,6 +80,7 @@ def test_the_derived_engine_gets_the_same_hosts_and_session_attrs(url: str) -> N
         ("postgresql+pg8000://app@db1/db?target_session_attrs=read-write", "postgresql+psycopg://"),
         ("postgresql+psycopg://app@/db?host=db1&host=db2", "host=db1:5432&host=db2:5432"),
         ("postgresql://app@db0/db?host=db1:5432&host=db2:5432", "not both"),
+        ("postgresql://app@db1:5432,db2:5432/db", "host=db1:5432&host=db2:5432"),
         (f"postgresql://app@/db?{HOSTS.replace('read-write', 'writable')}", "read-write"),
     ],
 )

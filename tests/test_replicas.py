@@ -77,6 +77,16 @@ def statements(node: Node, table: str) -> int:
     )
 
 
+def clients(node: Node) -> int:
+    """Client sessions on the node other than this query's own."""
+    return int(
+        node.query(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+        )
+    )
+
+
 def reader(cluster: Cluster, table: str, **options: object) -> SQLAlchemyCache:
     options.setdefault("replicas", [node.url() for node in cluster.standbys])
     options.setdefault("on_error", "raise")
@@ -129,6 +139,9 @@ async def test_lookups_are_spread_over_the_standbys_and_counted_there(
         assert served(cluster.primary, table) == 0
     finally:
         await cache.aclose()
+    # Closing the cache closed its connections to the standbys too.
+    for node in cluster.standbys:
+        wait_until(lambda node=node: clients(node) == 0, f"no client left on {node.name}")
 
 
 async def test_own_writes_and_clear_are_read_from_the_primary(

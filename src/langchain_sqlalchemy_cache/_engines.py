@@ -105,7 +105,8 @@ def _parse(url: str | URL) -> URL:
         shown = mask_url(url if isinstance(url, str) else url.render_as_string())
         msg = (
             f"cannot parse the database URL {shown!r}: write it as "
-            "dialect[+driver]://user@host[:port]/database, e.g. postgresql://app@db-host/app"
+            "dialect[+driver]://user@host[:port]/database, e.g. postgresql://app@db-host/app "
+            "(several hosts: postgresql://app@/app?host=db1:5432&host=db2:5432)"
         )
         raise ConfigurationError(msg) from exc
     if parsed.get_backend_name() == "postgres":
