@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from langchain_core.outputs import Generation
 
-from langchain_sqlalchemy_cache import ConfigurationError, SQLAlchemyCache
+from langchain_sqlalchemy_cache import ConfigurationError, SQLAlchemyCache, _replicas
 
 from .conftest import unique_table
 from .pgcluster import Cluster, Node, cluster_or_skip, wait_until
@@ -174,6 +174,26 @@ async def test_own_writes_and_clear_are_read_from_the_primary(
     finally:
         other.close()
         await cache.aclose()
+
+
+def test_past_the_remembered_writes_every_lookup_goes_to_the_primary(
+    cluster: Cluster, table: str, paused: list[Node], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forgetting a recent write early must not expose a stale standby: when the memory
+    of own writes overflows, all lookups go to the primary instead."""
+    monkeypatch.setattr(_replicas, "OWN_WRITES_KEPT", 3)
+    cache = reader(cluster, table)
+    try:
+        for node in cluster.standbys:
+            pause(node, paused)
+        for i in range(5):
+            cache.update(f"mine {i}", LLM, value(str(i)))
+        assert [cache.lookup(f"mine {i}", LLM) for i in range(5)] == [
+            value(str(i)) for i in range(5)
+        ]
+        assert cache.stats().reads_by_server["primary"] == 5
+    finally:
+        cache.close()
 
 
 async def test_a_standby_stopped_mid_load_sends_its_reads_elsewhere(
