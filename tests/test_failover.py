@@ -89,6 +89,16 @@ def test_a_multihost_url_a_driver_cannot_take_says_what_to_pass(url: str, says: 
         SQLAlchemyCache(url)
 
 
+def test_a_socket_directory_in_the_query_still_works_beside_a_host() -> None:
+    cache = SQLAlchemyCache(
+        "postgresql://app@localhost/db?host=/var/run/postgresql&target_session_attrs=read-write"
+    )
+    for engine in (cache.async_engine, cache.sync_engine):
+        _, kwargs = engine.dialect.create_connect_args(engine.url)
+        assert kwargs["host"] == "/var/run/postgresql"
+    cache.close()
+
+
 def test_an_explicit_pair_on_different_hosts_is_refused() -> None:
     async_engine = create_async_engine(f"postgresql+asyncpg://app@/db?{HOSTS}")
     sync_engine = create_engine(

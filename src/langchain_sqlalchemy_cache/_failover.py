@@ -66,7 +66,7 @@ def _check(url: URL) -> None:
             f"postgresql:// URL, e.g. {_EXAMPLE}"
         )
         raise ConfigurationError(msg)
-    if url.host and "host" in url.query:
+    if several and url.host:
         msg = (
             f"name the hosts either before the database or as host= parameters, not both: "
             f"e.g. {_EXAMPLE}"

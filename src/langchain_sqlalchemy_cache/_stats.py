@@ -46,7 +46,7 @@ class CacheStats:
     update_p50_ms: float | None
     update_p95_ms: float | None
     update_p99_ms: float | None
-    reads_by_server: Mapping[str, int] = field(default_factory=dict)
+    reads_by_server: Mapping[str, int] = field(default_factory=dict, hash=False)
 
     @property
     def hit_rate(self) -> float | None:
