@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 from langchain_core.outputs import Generation
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from langchain_sqlalchemy_cache import ConfigurationError, SQLAlchemyCache, _replicas
 
@@ -305,3 +307,20 @@ def test_replicas_a_cache_cannot_use_say_what_to_pass(
         }
     with pytest.raises(ConfigurationError, match=says):
         SQLAlchemyCache(primary.format(tmp=tmp_path), **options)  # type: ignore[arg-type]
+
+
+async def test_a_replica_engine_passed_in_is_used_and_left_open(
+    cluster: Cluster, table: str
+) -> None:
+    one = cluster.standbys[0]
+    engine = create_async_engine(one.url("asyncpg"))
+    cache = reader(cluster, table, replicas=[engine])
+    try:
+        assert await cache.alookup("seed 5", LLM) == value("seed 5")
+        assert cache.lookup("seed 6", LLM) == value("seed 6")  # on the derived sync twin
+        assert cache.stats().reads_by_server[label(one)] == 2
+    finally:
+        await cache.aclose()
+    async with engine.connect() as connection:  # still the caller's to use
+        assert (await connection.execute(text("SELECT 1"))).scalar() == 1
+    await engine.dispose()
