@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import timedelta
 from time import perf_counter
 from types import TracebackType
@@ -31,6 +32,7 @@ from ._eviction import TrimSchedule
 from ._keys import cache_key, llm_key
 from ._loops import LoopEngines, PerLoop, drop_pool
 from ._policy import ErrorPolicy, OnError
+from ._replicas import ReadRouter, Replicas
 from ._schema import DEFAULT_TABLE_NAME, cache_table
 from ._stats import CacheStats, Counters, ModelEntries, TableStats, utc
 from ._sync_io import SyncExecutor
@@ -159,6 +161,8 @@ class SQLAlchemyCache(BaseCache):
         store_prompts: bool = True,
         namespace: str = "",
         max_entries: int | None = None,
+        replicas: Replicas = (),
+        max_replica_lag: float | timedelta | None = None,
     ) -> None:
         """Open a cache on a database.
 
@@ -203,6 +207,15 @@ class SQLAlchemyCache(BaseCache):
                 and 1 on SQLite, so any number of concurrent callers never times out
                 waiting for a connection, and no overflow connection is opened and
                 closed per call.
+            replicas: Read replicas (URLs or engines of the standbys of ``engine``'s
+                database): lookups go to them, spread across them, and to the primary
+                when none can answer; writes, ``clear()``, purges and trims stay on the
+                primary. A key this object wrote lately is read from the primary, so a
+                lookup after its own write sees it. See docs/failover.md.
+            max_replica_lag: Skip a standby whose replay lag is past this many seconds
+                (or ``timedelta``), measured at most once a second per standby
+                (PostgreSQL only). None (the default): a standby serves whatever it has
+                replayed.
 
         Raises:
             ConfigurationError: The engines or URL cannot be used or paired; the
@@ -236,6 +249,16 @@ class SQLAlchemyCache(BaseCache):
         self._loop_engines = LoopEngines(self._engines.async_engine)
         self._async = AsyncExecutor(self._loop_engines, self._table, readiness)
         self._sync = SyncExecutor(self._engines.sync_engine, self._table, readiness)
+        self._reads = ReadRouter(
+            replicas,
+            max_lag=None
+            if max_replica_lag is None
+            else _seconds("max_replica_lag", max_replica_lag),
+            primary_async=self._async,
+            primary_sync=self._sync,
+            statements=self._sql,
+            table=self._table,
+        )
         batch = positive_int("max_batch_size", max_batch_size) if coalesce else 1
         slots = (
             _default_concurrency(self._engines)
@@ -291,8 +314,7 @@ class SQLAlchemyCache(BaseCache):
         )
 
     async def _fetch_payloads(self, keys: Sequence[str]) -> list[bytes | None]:
-        params = self._sql.lookup_params(keys, time.time())
-        rows = await self._async.fetch(self._sql.lookup, params)
+        rows = await self._reads.afetch(keys, time.time())
         found = {row.key: row.payload for row in rows}
         return [found.get(key) for key in keys]
 
@@ -314,10 +336,10 @@ class SQLAlchemyCache(BaseCache):
 
         A hit is always a ``list``, as LangChain requires.
         """
-        params = self._sql.lookup_params([self._key(prompt, llm_string)], time.time())
+        key = self._key(prompt, llm_string)
         start = perf_counter()
         with self._policy.guard("lookup"):
-            result = _first_payload(self._sync.fetch(self._sql.lookup, params))
+            result = _first_payload(self._reads.fetch([key], time.time()))
             self._counters.lookup(hit=result is not None, seconds=perf_counter() - start)
             return result
         return None
@@ -331,6 +353,7 @@ class SQLAlchemyCache(BaseCache):
         row = self._row(prompt, llm_string, return_val)
         if row is None:
             return
+        self._reads.wrote(row["key"])
         start = perf_counter()
         with self._policy.guard("update"):
             self._sync.execute(self._sql.upsert, self._sql.upsert_params([row]))
@@ -350,6 +373,7 @@ class SQLAlchemyCache(BaseCache):
             TypeError: An unknown keyword argument or a bad ``older_than`` was given.
         """
         statement, params = self._sql.clear(*_clear_filters(kwargs))
+        self._reads.wrote_everything()
         with self._policy.guard("clear"):
             self._sync.execute(statement, params)
 
@@ -397,7 +421,9 @@ class SQLAlchemyCache(BaseCache):
 
         Counted in this process since the cache was made; no database access.
         """
-        return self._counters.snapshot(self._policy.errors)
+        return replace(
+            self._counters.snapshot(self._policy.errors), reads_by_server=self._reads.reads()
+        )
 
     def table_stats(self) -> TableStats:
         """Read what the table holds for this namespace (``astats()`` is the async twin).
@@ -453,6 +479,7 @@ class SQLAlchemyCache(BaseCache):
         row = self._row(prompt, llm_string, return_val)
         if row is None:
             return
+        self._reads.wrote(row["key"])
         start = perf_counter()
         with self._policy.guard("update"):
             await self._updates.submit(row)
@@ -467,6 +494,7 @@ class SQLAlchemyCache(BaseCache):
             TypeError: An unknown keyword argument or a bad ``older_than`` was given.
         """
         statement, params = self._sql.clear(*_clear_filters(kwargs))
+        self._reads.wrote_everything()
         with self._policy.guard("clear"):
             async with self._slots.get():
                 await self._async.execute(statement, params)
@@ -544,6 +572,7 @@ class SQLAlchemyCache(BaseCache):
         for owned in self._engines.owned:
             if isinstance(owned, Engine):
                 owned.dispose()
+        self._reads.close()
 
     async def aclose(self) -> None:
         """Dispose of the engines this cache created, closing async connections politely.
@@ -559,6 +588,7 @@ class SQLAlchemyCache(BaseCache):
         for owned in self._engines.owned:
             if isinstance(owned, Engine):
                 owned.dispose()
+        await self._reads.aclose()
 
     def _async_engines_to_dispose(
         self,

@@ -18,6 +18,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from ._errors import ConfigurationError
+from ._failover import check_hosts, wrong_server
 from ._retry import MYSQL_PACKET_TOO_LARGE, mysql_error_code
 from ._statements import check_dialect
 
@@ -104,7 +105,8 @@ def _parse(url: str | URL) -> URL:
         shown = mask_url(url if isinstance(url, str) else url.render_as_string())
         msg = (
             f"cannot parse the database URL {shown!r}: write it as "
-            "dialect[+driver]://user@host[:port]/database, e.g. postgresql://app@db-host/app"
+            "dialect[+driver]://user@host[:port]/database, e.g. postgresql://app@db-host/app "
+            "(several hosts: postgresql://app@/app?host=db1:5432&host=db2:5432)"
         )
         raise ConfigurationError(msg) from exc
     if parsed.get_backend_name() == "postgres":
@@ -218,6 +220,8 @@ def _create(url: URL, factory: Callable[..., _E]) -> _E:
         event.listen(sync_side, "connect", _sqlite_pragmas)
     elif url.get_backend_name() in ("mysql", "mariadb"):
         event.listen(sync_side, "handle_error", _mysql_closed_connection)
+    elif url.get_backend_name() == "postgresql":
+        event.listen(sync_side, "handle_error", wrong_server)
     return engine
 
 
@@ -274,11 +278,13 @@ def resolve_engines(
             raise ConfigurationError(msg)
 
     given_sync = engine if isinstance(engine, Engine) else sync_engine
+    # An explicit pair needs no twin table: any drivers the caller chose will do.
+    explicit = isinstance(engine, AsyncEngine) and given_sync is not None
+    async_url, sync_url = (given_url, given_url) if explicit else _twin_urls(given_url)
+    check_hosts(async_url, sync_url if given_sync is None else given_sync.url)
     if isinstance(engine, AsyncEngine) and given_sync is not None:
-        # An explicit pair needs no twin table: any drivers the caller chose will do.
         return EnginePair(_autocommit_async(engine), _autocommit_sync(given_sync))
 
-    async_url, sync_url = _twin_urls(given_url)
     owned: list[AsyncEngine | Engine] = []
     if isinstance(engine, AsyncEngine):
         async_engine = _autocommit_async(engine)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 import threading
 from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 # Latency percentiles are over the most recent calls, so they follow the present
@@ -32,6 +32,8 @@ class CacheStats:
         update_p50_ms: Median update latency in milliseconds over the last 10,000 updates.
         update_p95_ms: 95th percentile update latency.
         update_p99_ms: 99th percentile update latency.
+        reads_by_server: Keys looked up per server: ``"primary"`` and each read
+            replica's URL (password hidden); a batched lookup counts each distinct key once.
     """
 
     hits: int
@@ -44,6 +46,7 @@ class CacheStats:
     update_p50_ms: float | None
     update_p95_ms: float | None
     update_p99_ms: float | None
+    reads_by_server: Mapping[str, int] = field(default_factory=dict, hash=False)
 
     @property
     def hit_rate(self) -> float | None:
