@@ -28,10 +28,12 @@ from ._codec import (
 from ._engines import EnginePair, resolve_engines
 from ._errors import ConfigurationError
 from ._eviction import TrimSchedule
+from ._identifiers import check_identifier, check_namespace
 from ._keys import cache_key, llm_key
 from ._loops import LoopEngines, PerLoop, drop_pool
 from ._policy import ErrorPolicy, OnError
 from ._schema import DEFAULT_TABLE_NAME, cache_table
+from ._secrets import Redactor, raw_url_secrets, safe_url, url_secrets
 from ._stats import CacheStats, Counters, ModelEntries, TableStats, utc
 from ._sync_io import SyncExecutor
 from ._table import TableReadiness
@@ -169,8 +171,11 @@ class SQLAlchemyCache(BaseCache):
                 aiosqlite <-> sqlite3) unless ``sync_engine`` is given.
             sync_engine: The sync ``Engine`` paired with an ``AsyncEngine`` passed as
                 ``engine``; it must point at the same database.
-            table_name: Name of the cache table.
-            schema: Database schema of the table (PostgreSQL), or None for the default.
+            table_name: Name of the cache table: at most 63 bytes of UTF-8 on
+                PostgreSQL, 64 characters on MySQL/MariaDB; never NUL or a lone
+                surrogate.
+            schema: Database schema of the table (PostgreSQL), or None for the default;
+                the same limits apply.
             create_table: Create the table (if missing) before first use. Pass False
                 when the table is managed by your own migrations.
             coalesce: Serve async calls that are waiting at the same moment on one event
@@ -182,7 +187,8 @@ class SQLAlchemyCache(BaseCache):
                 an older entry is a miss. ``purge_expired()`` deletes them. None (the
                 default): entries never expire.
             namespace: Entries of different namespaces never see each other, even in
-                one table; ``clear()`` and ``purge_expired()`` touch only this one.
+                one table; ``clear()`` and ``purge_expired()`` touch only this one. At
+                most 255 characters, without NUL or lone surrogates.
             max_entries: Keep the table's entries (of this namespace) near this many
                 by deleting the oldest ones. Amortised: each cache object trims on its
                 first write and after every ``max(1, min(max_entries // 10, 1000))`` of
@@ -205,8 +211,9 @@ class SQLAlchemyCache(BaseCache):
                 closed per call.
 
         Raises:
-            ConfigurationError: The engines or URL cannot be used or paired; the
-                message says what to pass instead.
+            ConfigurationError: The engines or URL cannot be used or paired, or the
+                backend cannot hold the table name, schema or namespace; the message
+                says what to pass instead.
         """
         if not isinstance(table_name, str) or not table_name.strip():
             msg = f"table_name must be a non-empty str, got {table_name!r}"
@@ -215,20 +222,28 @@ class SQLAlchemyCache(BaseCache):
             msg = f"schema must be a non-empty str or None, got {schema!r}"
             raise ConfigurationError(msg)
         self._policy = ErrorPolicy(on_error)
+        self._namespace = check_namespace(namespace)
         self._engines: EnginePair = resolve_engines(engine, sync_engine)
+        dialect_name = self._engines.dialect_name
+        check_identifier("table_name", table_name, dialect_name)
+        if schema is not None:
+            check_identifier("schema", schema, dialect_name)
         self._table = cache_table(MetaData(), table_name, schema)
         self._ttl = None if ttl is None else _seconds("ttl", ttl)
         self._store_prompts = bool(store_prompts)
-        if not isinstance(namespace, str) or len(namespace) > 255:
-            msg = f"namespace must be a str of at most 255 characters, got {namespace!r}"
-            raise ConfigurationError(msg)
-        self._namespace = namespace
         self._trims = (
             None if max_entries is None else TrimSchedule(positive_int("max_entries", max_entries))
         )
         self._counters = Counters()
         # table_stats() is an inspection: its failures are always reported.
         self._strict = ErrorPolicy("raise")
+        self._policy.redact = self._strict.redact = Redactor(
+            [
+                *(raw_url_secrets(engine) if isinstance(engine, str) else ()),
+                *url_secrets(self._engines.async_engine.url),
+                *url_secrets(self.sync_engine.url),
+            ]
+        )
         self._sql = sql.build_statements(
             self._table, self._engines.dialect_name, self._ttl, namespace
         )
@@ -594,5 +609,5 @@ class SQLAlchemyCache(BaseCache):
         await self.aclose()
 
     def __repr__(self) -> str:
-        url = self._engines.sync_engine.url.render_as_string(hide_password=True)
+        url = safe_url(self._engines.sync_engine.url)
         return f"{type(self).__name__}({url!r}, table_name={self._table.name!r})"

@@ -153,6 +153,20 @@ class Statements:
         return rows_params(self.dialect_name, [by_key[key] for key in sorted(by_key)])
 
 
+def batch_transaction(dialect_name: str, params: Params | None) -> dict[str, Any] | None:
+    """Execution options that make one multi-row write one transaction, or None.
+
+    The cache's connections autocommit, and SQLite's executemany then commits row by
+    row: a process killed mid-batch would leave part of it. Elsewhere a multi-row
+    write is already one statement (PostgreSQL's unnest, MySQL drivers' folded
+    INSERT), atomic on its own.
+    """
+    if dialect_name == "sqlite" and isinstance(params, list) and len(params) > 1:
+        # Leaves autocommit: sqlite3 opens a transaction before the first write.
+        return {"isolation_level": "SERIALIZABLE"}
+    return None
+
+
 def size_chunks(rows: Sequence[Row], max_bytes: int) -> list[list[int]]:
     """Split rows (by index, in order) into runs of at most ``max_bytes`` each.
 
