@@ -56,7 +56,7 @@ def _seconds(name: str, value: object) -> float:
 
 
 def _clear_filters(kwargs: dict[str, Any]) -> tuple[str | None, float | None]:
-    """``clear()``'s filters: the llm_key of ``llm_string``, and the ``older_than`` cutoff."""
+    """``clear()``'s filters: the llm_key of ``llm_string``, and ``older_than`` in seconds."""
     unknown = set(kwargs) - {"older_than", "llm_string"}
     if unknown:
         msg = f"clear() got unexpected keyword arguments: {', '.join(sorted(unknown))}"
@@ -64,13 +64,13 @@ def _clear_filters(kwargs: dict[str, Any]) -> tuple[str | None, float | None]:
     model = None
     if "llm_string" in kwargs:
         model = llm_key(_check_text("llm_string", kwargs["llm_string"]))
-    cutoff = None
+    older_than = None
     if "older_than" in kwargs:
         try:
-            cutoff = time.time() - _seconds("older_than", kwargs["older_than"])
+            older_than = _seconds("older_than", kwargs["older_than"])
         except ConfigurationError as exc:
             raise TypeError(str(exc)) from None
-    return model, cutoff
+    return model, older_than
 
 
 def _first_payload(rows: Sequence[Row[Any]]) -> RETURN_VAL_TYPE | None:
@@ -364,9 +364,10 @@ class SQLAlchemyCache(BaseCache):
         Raises:
             TypeError: An unknown keyword argument or a bad ``older_than`` was given.
         """
-        statement, params = self._sql.clear(*_clear_filters(kwargs))
+        model, older_than = _clear_filters(kwargs)
         with self._policy.guard("clear"):
-            self._sync.execute(statement, params)
+            cutoff = None if older_than is None else self._now() - older_than
+            self._sync.execute(*self._sql.clear(model, cutoff))
 
     def purge_expired(self) -> int:
         """Delete the entries older than ``ttl``, at most 1000 rows per statement.
@@ -377,9 +378,9 @@ class SQLAlchemyCache(BaseCache):
         Raises:
             ConfigurationError: The cache has no ``ttl``.
         """
-        cutoff = time.time() - self._require_ttl()
+        ttl = self._require_ttl()
         with self._policy.guard("purge"):
-            return self._delete_older(cutoff)
+            return self._delete_older(self._now() - ttl)
         return 0
 
     def enforce_max_entries(self) -> int:
@@ -396,6 +397,12 @@ class SQLAlchemyCache(BaseCache):
             rows = self._sync.fetch(self._sql.nth_newest, params)
             return self._delete_older(rows[0].updated_at) if rows else 0
         return 0
+
+    def _now(self) -> float:
+        """Now by the database server's clock (``server_clock``), in UNIX seconds."""
+        if self._sql.clock is None:
+            return time.time()
+        return float(self._sync.fetch(self._sql.clock, {})[0][0])
 
     def _delete_older(self, cutoff: float) -> int:
         # One cutoff for the whole run: rows aging meanwhile wait for the next one.
@@ -481,10 +488,11 @@ class SQLAlchemyCache(BaseCache):
         Raises:
             TypeError: An unknown keyword argument or a bad ``older_than`` was given.
         """
-        statement, params = self._sql.clear(*_clear_filters(kwargs))
+        model, older_than = _clear_filters(kwargs)
         with self._policy.guard("clear"):
             async with self._slots.get():
-                await self._async.execute(statement, params)
+                cutoff = None if older_than is None else await self._anow() - older_than
+                await self._async.execute(*self._sql.clear(model, cutoff))
 
     async def apurge_expired(self) -> int:
         """Async ``purge_expired``, on the AsyncEngine.
@@ -495,8 +503,10 @@ class SQLAlchemyCache(BaseCache):
         Raises:
             ConfigurationError: The cache has no ``ttl``.
         """
-        cutoff = time.time() - self._require_ttl()
+        ttl = self._require_ttl()
         with self._policy.guard("purge"):
+            async with self._slots.get():
+                cutoff = await self._anow() - ttl
             return await self._adelete_older(cutoff)
         return 0
 
@@ -515,6 +525,11 @@ class SQLAlchemyCache(BaseCache):
                 rows = await self._async.fetch(self._sql.nth_newest, params)
             return await self._adelete_older(rows[0].updated_at) if rows else 0
         return 0
+
+    async def _anow(self) -> float:
+        if self._sql.clock is None:
+            return time.time()
+        return float((await self._async.fetch(self._sql.clock, {}))[0][0])
 
     async def _adelete_older(self, cutoff: float) -> int:
         params = self._sql.purge_params(cutoff)

@@ -12,7 +12,6 @@ import contextlib
 import os
 import re
 import sys
-import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import IO, Any, NoReturn
@@ -416,7 +415,7 @@ def _clear(args: argparse.Namespace) -> int:
     with _open(args) as cache:
         # One cutoff, fixed when counting, also without --older-than: entries written
         # while the question waits for an answer are not deleted.
-        cutoff = time.time() - (args.older_than or 0.0)
+        cutoff = cache._now() - (args.older_than or 0.0)  # the server's clock
         count = _count(cache, args, cutoff)
         what = "entries"
         if args.llm_string is not None:
