@@ -56,7 +56,7 @@ async def test_first_use_creates_the_missing_indexes(
             assert cache.lookup("p", "m") is None
         else:
             assert await cache.alookup("p", "m") is None
-        assert OUR_INDEXES <= _indexes(admin, table_name)
+        assert _indexes(admin, table_name) >= OUR_INDEXES
         assert cache.stats().errors == 0
     finally:
         drop_table(cache, table_name)
@@ -76,7 +76,7 @@ async def test_a_dropped_index_is_recreated_by_the_next_cache(
     second = SQLAlchemyCache(backend_url, table_name=table_name)
     try:
         assert await second.alookup("p", "m") == VALUE
-        assert OUR_INDEXES <= _indexes(admin, table_name)
+        assert _indexes(admin, table_name) >= OUR_INDEXES
     finally:
         drop_table(second, table_name)
         first.close()
@@ -121,7 +121,7 @@ def test_postgresql_creates_table_and_indexes_in_one_transaction(postgres_url: s
             connection.execute(text(f'DROP TABLE "{index.name}"'))
         cache.update("p", "m", VALUE)  # the next call sets it up whole
         assert cache.lookup("p", "m") == VALUE
-        assert OUR_INDEXES <= _indexes(admin, table_name)
+        assert _indexes(admin, table_name) >= OUR_INDEXES
     finally:
         if inspect(admin).has_table(index.name):  # the test failed before dropping it
             with admin.connect() as connection:
@@ -148,7 +148,7 @@ async def test_a_table_dropped_at_runtime_is_recreated_by_the_next_call(
         else:
             await cache.aupdate("q", "m", VALUE)
             assert await cache.alookup("q", "m") == VALUE
-        assert OUR_INDEXES <= _indexes(admin, table_name)
+        assert _indexes(admin, table_name) >= OUR_INDEXES
         # The other side finds the new table too, and the old entry is gone with the old one.
         assert cache.lookup("p", "m") is None
         assert await cache.alookup("p", "m") is None
