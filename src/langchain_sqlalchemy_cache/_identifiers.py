@@ -107,8 +107,8 @@ def check_namespace(namespace: object) -> str:
     if problem is not None:
         shown = repr(namespace) if len(namespace) <= 60 else repr(namespace[:57]) + "..."
         msg = (
-            f"namespace {shown} cannot be used: {problem}; pass a str of at most "
-            f"{NAMESPACE_MAX_CHARS} characters without NUL or lone surrogates"
+            f"namespace must be a str of at most {NAMESPACE_MAX_CHARS} characters without "
+            f"NUL or lone surrogates, got {shown}: {problem}"
         )
         raise ConfigurationError(msg)
     return namespace

@@ -32,6 +32,7 @@ from sqlalchemy import (
     func,
     select,
     text,
+    type_coerce,
 )
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
@@ -83,7 +84,8 @@ def server_clock(dialect_name: str) -> ColumnElement[Any] | None:
     if dialect_name in ("mysql", "mariadb"):
         # Both read the statement's start; UNIX_TIMESTAMP(NOW(6)) would go through the
         # session time zone and be an hour off around daylight-saving changes.
-        return cast(func.unix_timestamp() + func.microsecond(func.now(6)) / 1_000_000, Double)
+        seconds = func.unix_timestamp() + func.microsecond(func.now(6)) / 1_000_000
+        return type_coerce(seconds, Double)  # a DECIMAL; older MySQL cannot CAST to DOUBLE
     return None
 
 
