@@ -30,6 +30,7 @@ from sqlalchemy import (
     delete,
     desc,
     func,
+    literal_column,
     select,
     text,
     type_coerce,
@@ -84,7 +85,9 @@ def server_clock(dialect_name: str) -> ColumnElement[Any] | None:
     if dialect_name in ("mysql", "mariadb"):
         # Both read the statement's start; UNIX_TIMESTAMP(NOW(6)) would go through the
         # session time zone and be an hour off around daylight-saving changes.
-        seconds = func.unix_timestamp() + func.microsecond(func.now(6)) / 1_000_000
+        seconds = func.unix_timestamp() + func.microsecond(
+            func.now(literal_column("6"))
+        ) / literal_column("1000000")
         return type_coerce(seconds, Double)  # a DECIMAL; older MySQL cannot CAST to DOUBLE
     return None
 
@@ -389,7 +392,8 @@ def _row_time(dialect_name: str, seq: ColumnElement[Any]) -> ColumnElement[Any]:
     clock = server_clock(dialect_name)
     if clock is None:
         raise AssertionError(f"{dialect_name} writes the client's time")
-    return clock + seq * ROW_TICK_S
+    # Literals, not parameters: the statement text stays the same for every batch.
+    return clock + seq * literal_column(f"{ROW_TICK_S:f}")
 
 
 def _mysql_insert(table: Table) -> mysql.Insert:
