@@ -248,7 +248,9 @@ class SQLAlchemyCache(BaseCache):
             self._table, self._engines.dialect_name, self._ttl, namespace
         )
         readiness = TableReadiness(create=create_table)
-        self._loop_engines = LoopEngines(self._engines.async_engine)
+        self._loop_engines = LoopEngines(
+            self._engines.async_engine, owned=self._engines.async_engine in self._engines.owned
+        )
         self._async = AsyncExecutor(self._loop_engines, self._table, readiness)
         self._sync = SyncExecutor(self._engines.sync_engine, self._table, readiness)
         batch = positive_int("max_batch_size", max_batch_size) if coalesce else 1

@@ -180,16 +180,19 @@ class LoopEngines:
     Loops that run beside it get clones, dropped with their loop.
     """
 
-    def __init__(self, base: AsyncEngine) -> None:
+    def __init__(self, base: AsyncEngine, *, owned: bool = True) -> None:
         self.base = base
+        # An engine the caller passed in is left alone: no listener, no closing it when
+        # a loop ends (its clones are the cache's own).
+        self._owned = owned
         self._lock = threading.Lock()
         self._base_loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
         self._clones: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncEngine] = (
             weakref.WeakKeyDictionary()
         )
         self._workers = AiosqliteWorkers()
-        if base.dialect.driver == "aiosqlite":
-            # On the pool, which the per-loop clones copy with its listeners.
+        if owned and base.dialect.driver == "aiosqlite":
+            # On the dialect, which the per-loop clones share.
             event.listen(base.sync_engine, "do_connect", self._workers.route)
         # The loop holds its async generators weakly: they live here, as long as it.
         self._loop_ends: weakref.WeakKeyDictionary[
@@ -209,7 +212,8 @@ class LoopEngines:
                 if owner is not None:
                     drop_pool(self.base, owner)  # its connections died with their loop
                 self._base_loop = weakref.ref(loop)
-                self._loop_ends[loop] = _until_loop_end(self.base, self._workers)
+                if self._owned:
+                    self._loop_ends[loop] = _until_loop_end(self.base, self._workers)
                 return self.base
             if owner is loop:
                 return self.base
