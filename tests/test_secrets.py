@@ -124,7 +124,8 @@ async def test_unreachable_server(
         _exercise(cache, seen)
         await _aexercise(cache, seen)
         await cache.aclose()
-        assert _cli(seen, "stats", dead) == 1
+        if on_error == "miss":  # the command line has one policy: once is enough
+            assert _cli(seen, "stats", dead) == 1
     assert len(seen.texts) > 10
 
 
@@ -160,7 +161,6 @@ def test_unparsable_url(seen: Seen, url: str) -> None:
         SQLAlchemyCache(url)
     seen.add_exception(raised.value)
     assert "cannot parse the database URL" in str(raised.value)
-    assert _cli(seen, "stats", url) == 1
     assert _cli(seen, "purge", url, "--ttl", "1d") == 1
 
 
