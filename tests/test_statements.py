@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import MetaData
+from sqlalchemy.dialects import postgresql
 
 from langchain_sqlalchemy_cache._keys import cache_key, llm_key
 from langchain_sqlalchemy_cache._schema import cache_table
@@ -19,18 +20,27 @@ def test_upsert_params_deduplicate_last_write_wins_and_sort_by_key(dialect: str)
         entry_row("p1", "m", b"y", 1.0),
         entry_row("p2", "m", b"last", 2.0),
     ]
-    # Sorted by key (a hash, so not in prompt order); p2's last write wins.
-    expected = sorted(
+    # Sorted by key (a hash, so not in prompt order); p2's last write wins. SQLite
+    # sends the client's write time; the servers send each row's rank in the batch,
+    # and the statement adds it (in microseconds) to the server's clock.
+    last = sorted(
         [(rows[3]["key"], b"last", 2.0), *((r["key"], r["payload"], 1.0) for r in rows[1:3])]
     )
     params = statements.upsert_params(rows)
     if dialect == "postgresql":
         assert isinstance(params, dict)
-        columns = ("key_array", "payload_array", "updated_at_array")
+        assert "updated_at_array" not in params
+        columns = ("key_array", "payload_array", "seq_array")
         got = list(zip(*(params[name] for name in columns), strict=True))
+        expected = [(key, payload, seq) for seq, (key, payload, _) in enumerate(last)]
+    elif dialect == "mysql":
+        assert isinstance(params, list)
+        got = [(p["key"], p["payload"], p["seq"]) for p in params]
+        expected = [(key, payload, seq) for seq, (key, payload, _) in enumerate(last)]
     else:
         assert isinstance(params, list)
         got = [(p["key"], p["payload"], p["updated_at"]) for p in params]
+        expected = last
     assert got == expected
 
 
@@ -50,6 +60,10 @@ def test_lookup_params_send_each_key_once() -> None:
 
 
 def test_lookup_with_a_ttl_sees_only_fresh_entries() -> None:
-    statements = build_statements(cache_table(MetaData()), "postgresql", ttl=60.0)
+    statements = build_statements(cache_table(MetaData()), "sqlite", ttl=60.0)
     assert statements.lookup_params(["a"], 1000.0) == {"keys": ["a"], "fresh_since": 940.0}
     assert "updated_at >=" in str(statements.lookup)
+    # The servers compare with their own clock: the client's time is not sent.
+    statements = build_statements(cache_table(MetaData()), "postgresql", ttl=60.0)
+    assert statements.lookup_params(["a"], 1000.0) == {"keys": ["a"], "ttl": 60.0}
+    assert "statement_timestamp()" in str(statements.lookup.compile(dialect=postgresql.dialect()))

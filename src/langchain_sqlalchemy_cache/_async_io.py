@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ._loops import LoopEngines, PerLoop
 from ._retry import retry_delay
-from ._statements import Params
+from ._statements import Params, batch_transaction
 from ._table import TableReadiness, prepare_table
 
 
@@ -56,14 +56,22 @@ class AsyncExecutor:
     ) -> tuple[Sequence[Row[Any]], int]:
         await self._ensure_table()
         sessions = self._sessionmakers.get()
+        batch = batch_transaction(self._engines.base.dialect.name, params)
         for attempt in itertools.count(1):
             try:
                 async with sessions() as session:
+                    if batch is not None:
+                        await session.connection(execution_options=batch)
                     result = await session.execute(statement, params)
+                    if batch is not None:
+                        await session.commit()
                     if rows:
                         return result.all(), -1
                     return (), int(getattr(result, "rowcount", -1))
             except DBAPIError as exc:
+                if self._readiness.lost(exc, attempt):  # the table was dropped meanwhile
+                    await self._ensure_table()
+                    continue
                 delay = retry_delay(exc, attempt)  # a dropped connection, a deadlock
                 if delay is None:
                     raise

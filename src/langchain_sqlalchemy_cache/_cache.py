@@ -29,11 +29,13 @@ from ._codec import (
 from ._engines import EnginePair, resolve_engines
 from ._errors import ConfigurationError
 from ._eviction import TrimSchedule
+from ._identifiers import check_identifier, check_namespace
 from ._keys import cache_key, llm_key
 from ._loops import LoopEngines, PerLoop, drop_pool
 from ._policy import ErrorPolicy, OnError
 from ._replicas import ReadRouter, Replicas
 from ._schema import DEFAULT_TABLE_NAME, cache_table
+from ._secrets import Redactor, raw_url_secrets, safe_url, url_secrets
 from ._stats import CacheStats, Counters, ModelEntries, TableStats, utc
 from ._sync_io import SyncExecutor
 from ._table import TableReadiness
@@ -56,7 +58,7 @@ def _seconds(name: str, value: object) -> float:
 
 
 def _clear_filters(kwargs: dict[str, Any]) -> tuple[str | None, float | None]:
-    """``clear()``'s filters: the llm_key of ``llm_string``, and the ``older_than`` cutoff."""
+    """``clear()``'s filters: the llm_key of ``llm_string``, and ``older_than`` in seconds."""
     unknown = set(kwargs) - {"older_than", "llm_string"}
     if unknown:
         msg = f"clear() got unexpected keyword arguments: {', '.join(sorted(unknown))}"
@@ -64,13 +66,13 @@ def _clear_filters(kwargs: dict[str, Any]) -> tuple[str | None, float | None]:
     model = None
     if "llm_string" in kwargs:
         model = llm_key(_check_text("llm_string", kwargs["llm_string"]))
-    cutoff = None
+    older_than = None
     if "older_than" in kwargs:
         try:
-            cutoff = time.time() - _seconds("older_than", kwargs["older_than"])
+            older_than = _seconds("older_than", kwargs["older_than"])
         except ConfigurationError as exc:
             raise TypeError(str(exc)) from None
-    return model, cutoff
+    return model, older_than
 
 
 def _first_payload(rows: Sequence[Row[Any]]) -> RETURN_VAL_TYPE | None:
@@ -173,8 +175,11 @@ class SQLAlchemyCache(BaseCache):
                 aiosqlite <-> sqlite3) unless ``sync_engine`` is given.
             sync_engine: The sync ``Engine`` paired with an ``AsyncEngine`` passed as
                 ``engine``; it must point at the same database.
-            table_name: Name of the cache table.
-            schema: Database schema of the table (PostgreSQL), or None for the default.
+            table_name: Name of the cache table: at most 63 bytes of UTF-8 on
+                PostgreSQL, 64 characters on MySQL/MariaDB; never NUL or a lone
+                surrogate.
+            schema: Database schema of the table (PostgreSQL), or None for the default;
+                the same limits apply.
             create_table: Create the table (if missing) before first use. Pass False
                 when the table is managed by your own migrations.
             coalesce: Serve async calls that are waiting at the same moment on one event
@@ -186,7 +191,8 @@ class SQLAlchemyCache(BaseCache):
                 an older entry is a miss. ``purge_expired()`` deletes them. None (the
                 default): entries never expire.
             namespace: Entries of different namespaces never see each other, even in
-                one table; ``clear()`` and ``purge_expired()`` touch only this one.
+                one table; ``clear()`` and ``purge_expired()`` touch only this one. At
+                most 255 characters, without NUL or lone surrogates.
             max_entries: Keep the table's entries (of this namespace) near this many
                 by deleting the oldest ones. Amortised: each cache object trims on its
                 first write and after every ``max(1, min(max_entries // 10, 1000))`` of
@@ -218,8 +224,9 @@ class SQLAlchemyCache(BaseCache):
                 replayed.
 
         Raises:
-            ConfigurationError: The engines or URL cannot be used or paired; the
-                message says what to pass instead.
+            ConfigurationError: The engines or URL cannot be used or paired, or the
+                backend cannot hold the table name, schema or namespace; the message
+                says what to pass instead.
         """
         if not isinstance(table_name, str) or not table_name.strip():
             msg = f"table_name must be a non-empty str, got {table_name!r}"
@@ -228,25 +235,35 @@ class SQLAlchemyCache(BaseCache):
             msg = f"schema must be a non-empty str or None, got {schema!r}"
             raise ConfigurationError(msg)
         self._policy = ErrorPolicy(on_error)
+        self._namespace = check_namespace(namespace)
         self._engines: EnginePair = resolve_engines(engine, sync_engine)
+        dialect_name = self._engines.dialect_name
+        check_identifier("table_name", table_name, dialect_name)
+        if schema is not None:
+            check_identifier("schema", schema, dialect_name)
         self._table = cache_table(MetaData(), table_name, schema)
         self._ttl = None if ttl is None else _seconds("ttl", ttl)
         self._store_prompts = bool(store_prompts)
-        if not isinstance(namespace, str) or len(namespace) > 255:
-            msg = f"namespace must be a str of at most 255 characters, got {namespace!r}"
-            raise ConfigurationError(msg)
-        self._namespace = namespace
         self._trims = (
             None if max_entries is None else TrimSchedule(positive_int("max_entries", max_entries))
         )
         self._counters = Counters()
         # table_stats() is an inspection: its failures are always reported.
         self._strict = ErrorPolicy("raise")
+        self._policy.redact = self._strict.redact = Redactor(
+            [
+                *(raw_url_secrets(engine) if isinstance(engine, str) else ()),
+                *url_secrets(self._engines.async_engine.url),
+                *url_secrets(self.sync_engine.url),
+            ]
+        )
         self._sql = sql.build_statements(
             self._table, self._engines.dialect_name, self._ttl, namespace
         )
         readiness = TableReadiness(create=create_table)
-        self._loop_engines = LoopEngines(self._engines.async_engine)
+        self._loop_engines = LoopEngines(
+            self._engines.async_engine, owned=self._engines.async_engine in self._engines.owned
+        )
         self._async = AsyncExecutor(self._loop_engines, self._table, readiness)
         self._sync = SyncExecutor(self._engines.sync_engine, self._table, readiness)
         self._reads = ReadRouter(
@@ -372,10 +389,11 @@ class SQLAlchemyCache(BaseCache):
         Raises:
             TypeError: An unknown keyword argument or a bad ``older_than`` was given.
         """
-        statement, params = self._sql.clear(*_clear_filters(kwargs))
+        model, older_than = _clear_filters(kwargs)
         self._reads.wrote_everything()
         with self._policy.guard("clear"):
-            self._sync.execute(statement, params)
+            cutoff = None if older_than is None else self._now() - older_than
+            self._sync.execute(*self._sql.clear(model, cutoff))
 
     def purge_expired(self) -> int:
         """Delete the entries older than ``ttl``, at most 1000 rows per statement.
@@ -386,9 +404,9 @@ class SQLAlchemyCache(BaseCache):
         Raises:
             ConfigurationError: The cache has no ``ttl``.
         """
-        cutoff = time.time() - self._require_ttl()
+        ttl = self._require_ttl()
         with self._policy.guard("purge"):
-            return self._delete_older(cutoff)
+            return self._delete_older(self._now() - ttl)
         return 0
 
     def enforce_max_entries(self) -> int:
@@ -405,6 +423,12 @@ class SQLAlchemyCache(BaseCache):
             rows = self._sync.fetch(self._sql.nth_newest, params)
             return self._delete_older(rows[0].updated_at) if rows else 0
         return 0
+
+    def _now(self) -> float:
+        """Now by the database server's clock (``server_clock``), in UNIX seconds."""
+        if self._sql.clock is None:
+            return time.time()
+        return float(self._sync.fetch(self._sql.clock, {})[0][0])
 
     def _delete_older(self, cutoff: float) -> int:
         # One cutoff for the whole run: rows aging meanwhile wait for the next one.
@@ -493,11 +517,12 @@ class SQLAlchemyCache(BaseCache):
         Raises:
             TypeError: An unknown keyword argument or a bad ``older_than`` was given.
         """
-        statement, params = self._sql.clear(*_clear_filters(kwargs))
+        model, older_than = _clear_filters(kwargs)
         self._reads.wrote_everything()
         with self._policy.guard("clear"):
             async with self._slots.get():
-                await self._async.execute(statement, params)
+                cutoff = None if older_than is None else await self._anow() - older_than
+                await self._async.execute(*self._sql.clear(model, cutoff))
 
     async def apurge_expired(self) -> int:
         """Async ``purge_expired``, on the AsyncEngine.
@@ -508,8 +533,10 @@ class SQLAlchemyCache(BaseCache):
         Raises:
             ConfigurationError: The cache has no ``ttl``.
         """
-        cutoff = time.time() - self._require_ttl()
+        ttl = self._require_ttl()
         with self._policy.guard("purge"):
+            async with self._slots.get():
+                cutoff = await self._anow() - ttl
             return await self._adelete_older(cutoff)
         return 0
 
@@ -528,6 +555,11 @@ class SQLAlchemyCache(BaseCache):
                 rows = await self._async.fetch(self._sql.nth_newest, params)
             return await self._adelete_older(rows[0].updated_at) if rows else 0
         return 0
+
+    async def _anow(self) -> float:
+        if self._sql.clock is None:
+            return time.time()
+        return float((await self._async.fetch(self._sql.clock, {}))[0][0])
 
     async def _adelete_older(self, cutoff: float) -> int:
         params = self._sql.purge_params(cutoff)
@@ -624,5 +656,5 @@ class SQLAlchemyCache(BaseCache):
         await self.aclose()
 
     def __repr__(self) -> str:
-        url = self._engines.sync_engine.url.render_as_string(hide_password=True)
+        url = safe_url(self._engines.sync_engine.url)
         return f"{type(self).__name__}({url!r}, table_name={self._table.name!r})"

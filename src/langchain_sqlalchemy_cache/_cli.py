@@ -8,10 +8,10 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
-import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import IO, Any, NoReturn
@@ -20,11 +20,11 @@ from sqlalchemy import MetaData, func, inspect, make_url, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from ._cache import SQLAlchemyCache
-from ._engines import mask_url
 from ._errors import CacheError
 from ._keys import llm_key
 from ._migrate import MigrationProgress, MigrationReport, migrate
 from ._schema import DEFAULT_TABLE_NAME, cache_table
+from ._secrets import Redactor, raw_url_secrets, url_secrets
 from ._stats import TableStats
 
 PROG = "langchain-sqlalchemy-cache"
@@ -94,12 +94,18 @@ def approximate_duration(seconds: float) -> str:
 
 def hide_password(url: str) -> str:
     """The URL as it may be shown: with its password replaced by ``***``."""
-    try:
-        parsed = make_url(url)
-    except Exception:
-        return mask_url(url)
-    # render_as_string hides the password of user:password@, not one in the query.
-    return mask_url(parsed.render_as_string(hide_password=True))
+    return _secrets_of(url)(url)
+
+
+def _secrets_of(*urls: str | None) -> Redactor:
+    """What a line must not show: the passwords of these URLs, parsable or not."""
+    secrets: list[str] = []
+    for url in urls:
+        if url:
+            secrets.extend(raw_url_secrets(url))
+            with contextlib.suppress(Exception):  # unparsable: raw_url_secrets did it
+                secrets.extend(url_secrets(make_url(url)))
+    return Redactor(secrets)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -111,7 +117,7 @@ def _one_line(exc: BaseException) -> str:
     else:
         text = f"{type(exc).__name__}: {exc}"
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return mask_url(lines[0] if lines else type(exc).__name__)
+    return lines[0] if lines else type(exc).__name__
 
 
 # The parser.
@@ -236,7 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a database or configuration error: one line, no traceback
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        redact = _secrets_of(getattr(args, "url", None), getattr(args, "url_option", None))
+        print(f"error: {redact(_one_line(exc))}", file=sys.stderr)
         return 1
 
 
@@ -408,7 +415,7 @@ def _clear(args: argparse.Namespace) -> int:
     with _open(args) as cache:
         # One cutoff, fixed when counting, also without --older-than: entries written
         # while the question waits for an answer are not deleted.
-        cutoff = time.time() - (args.older_than or 0.0)
+        cutoff = cache._now() - (args.older_than or 0.0)  # the server's clock
         count = _count(cache, args, cutoff)
         what = "entries"
         if args.llm_string is not None:

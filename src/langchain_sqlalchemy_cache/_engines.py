@@ -7,7 +7,6 @@ one's URL by swapping the driver for its twin.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -20,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from ._errors import ConfigurationError
 from ._failover import check_hosts, wrong_server
 from ._retry import MYSQL_PACKET_TOO_LARGE, mysql_error_code
+from ._secrets import Redactor, raw_url_secrets, safe_url
 from ._statements import check_dialect
 
 # (backend, async driver) <-> (backend, sync driver). The first driver listed for a
@@ -83,26 +83,12 @@ class EnginePair:
         return self.sync_engine.dialect.name
 
 
-# What may be a password in a URL that could not be parsed: "user:secret@" up to the
-# last "@" before the host, and password=... in the query.
-_URL_SECRETS = (
-    (re.compile(r"([^/:@\s]*:)[^/\s]*@"), r"\1***@"),
-    (re.compile(r"(password=)[^&\s]*", re.IGNORECASE), r"\1***"),
-)
-
-
-def mask_url(text: str) -> str:
-    """``text`` with anything that looks like a password in a URL replaced by ``***``."""
-    for pattern, replacement in _URL_SECRETS:
-        text = pattern.sub(replacement, text)
-    return text
-
-
 def _parse(url: str | URL) -> URL:
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError) as exc:  # ValueError: e.g. a port that is no number
-        shown = mask_url(url if isinstance(url, str) else url.render_as_string())
+        raw = url if isinstance(url, str) else url.render_as_string(hide_password=False)
+        shown = Redactor(raw_url_secrets(raw))(raw)
         msg = (
             f"cannot parse the database URL {shown!r}: write it as "
             "dialect[+driver]://user@host[:port]/database, e.g. postgresql://app@db-host/app "
@@ -264,14 +250,14 @@ def resolve_engines(
         raise ConfigurationError(msg)
 
     if _is_in_memory_sqlite(given_url):
-        raise ConfigurationError(f"{given_url.render_as_string()}: {_IN_MEMORY_HELP}")
+        raise ConfigurationError(f"{safe_url(given_url)}: {_IN_MEMORY_HELP}")
     check_dialect(given_url.get_backend_name())
     if sync_engine is not None:
         check_dialect(sync_engine.dialect.name)
         if not _same_database(given_url, sync_engine.url):
             msg = (
                 "engine and sync_engine point at different databases "
-                f"({given_url.render_as_string()} vs {sync_engine.url.render_as_string()}): "
+                f"({safe_url(given_url)} vs {safe_url(sync_engine.url)}): "
                 "the async and sync calls would see different caches; pass two engines "
                 "for the same database, or only one and let the cache derive the other"
             )

@@ -13,10 +13,10 @@ import contextlib
 import copy
 import threading
 import weakref
-from collections.abc import Callable
-from typing import Generic, TypeVar
+from collections.abc import AsyncGenerator, Callable
+from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 T = TypeVar("T")
@@ -87,6 +87,90 @@ def drop_pool(engine: AsyncEngine, loop: asyncio.AbstractEventLoop | None) -> No
     engine.sync_engine.dispose(close=False)
 
 
+# How long a loop about to close waits for an aiosqlite worker to finish the statement
+# a cancelled call left running.
+WORKER_STOP_TIMEOUT_S = 30.0
+
+
+class AiosqliteWorkers:
+    """The aiosqlite connections opened on each event loop, from their very start.
+
+    A call cancelled mid-statement, or mid-connect, when its loop ends with calls in
+    flight, leaves the connection's worker thread finishing that job and then answering
+    the loop that asked. The loop must outlive that answer, so every connection is
+    known from the moment it is made, not once it is connected.
+    """
+
+    def __init__(self) -> None:
+        # Strong references: a terminated connection must outlive its thread's last
+        # answer, or it is collected while still open (a ResourceWarning).
+        self._by_loop: PerLoop[list[Any]] = PerLoop(list)
+
+    def route(self, _dialect: object, _record: object, _args: object, params: Any) -> None:
+        """``do_connect`` listener: have SQLAlchemy open aiosqlite through ``connect``."""
+        params.setdefault("async_creator_fn", self.connect)
+
+    def connect(self, *args: Any, **kwargs: Any) -> Any:
+        """Open an aiosqlite connection (awaitable) and remember it under its loop."""
+        import aiosqlite  # only reached on aiosqlite engines
+
+        connection = aiosqlite.connect(*args, **kwargs)
+        connections = self._by_loop.get()
+        connections[:] = [c for c in connections if _worker_alive(c)]
+        connections.append(connection)
+        return connection
+
+    async def stop_all(self) -> None:
+        """Close this loop's aiosqlite connections and wait for their threads to end."""
+        connections = self._by_loop.get()
+        while connections:
+            await _stop_worker(connections.pop())
+
+
+def _worker_alive(connection: Any) -> bool:
+    thread = getattr(connection, "_thread", None)
+    return thread is not None and thread.is_alive()
+
+
+async def _stop_worker(connection: Any) -> None:
+    if not _worker_alive(connection):
+        return
+    if getattr(connection, "_running", False):  # open, and SQLAlchemy no longer holds it
+        with contextlib.suppress(Exception):
+            await connection.close()
+        if getattr(connection, "_running", False):
+            connection.stop()  # connecting never finished: close() did nothing
+    # Its thread ends once the job it is running and the stop are done.
+    await asyncio.to_thread(connection._thread.join, WORKER_STOP_TIMEOUT_S)
+
+
+async def _close_at_loop_end(
+    engine: AsyncEngine, workers: AiosqliteWorkers
+) -> AsyncGenerator[None, None]:
+    """Suspended until its event loop shuts down, then closes ``engine``'s connections.
+
+    ``asyncio.run`` (and every ``asyncio.Runner``) finalizes the async generators of its
+    loop after cancelling the tasks left and before closing the loop: the last moment
+    a connection can still be closed on its own loop. Dropped later instead, an
+    aiosqlite connection's worker thread would answer a closed loop ("Event loop is
+    closed" in the thread) and the connection would be collected unclosed.
+    """
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            await engine.dispose()
+        await workers.stop_all()
+
+
+def _until_loop_end(engine: AsyncEngine, workers: AiosqliteWorkers) -> AsyncGenerator[None, None]:
+    """Start ``_close_at_loop_end`` on the running loop (it registers with it)."""
+    generator = _close_at_loop_end(engine, workers)
+    with contextlib.suppress(StopIteration):
+        generator.asend(None).send(None)  # runs to its yield without suspending
+    return generator
+
+
 class LoopEngines:
     """Hands out the AsyncEngine of the running event loop.
 
@@ -96,13 +180,24 @@ class LoopEngines:
     Loops that run beside it get clones, dropped with their loop.
     """
 
-    def __init__(self, base: AsyncEngine) -> None:
+    def __init__(self, base: AsyncEngine, *, owned: bool = True) -> None:
         self.base = base
+        # An engine the caller passed in is left alone: no listener, no closing it when
+        # a loop ends (its clones are the cache's own).
+        self._owned = owned
         self._lock = threading.Lock()
         self._base_loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
         self._clones: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncEngine] = (
             weakref.WeakKeyDictionary()
         )
+        self._workers = AiosqliteWorkers()
+        if owned and base.dialect.driver == "aiosqlite":
+            # On the dialect, which the per-loop clones share.
+            event.listen(base.sync_engine, "do_connect", self._workers.route)
+        # The loop holds its async generators weakly: they live here, as long as it.
+        self._loop_ends: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, AsyncGenerator[None, None]
+        ] = weakref.WeakKeyDictionary()
 
     def get(self) -> AsyncEngine:
         """The engine for the running event loop."""
@@ -117,12 +212,15 @@ class LoopEngines:
                 if owner is not None:
                     drop_pool(self.base, owner)  # its connections died with their loop
                 self._base_loop = weakref.ref(loop)
+                if self._owned:
+                    self._loop_ends[loop] = _until_loop_end(self.base, self._workers)
                 return self.base
             if owner is loop:
                 return self.base
             clone = self._clones.get(loop)
             if clone is None:
                 clone = self._clones[loop] = _clone(self.base)
+                self._loop_ends[loop] = _until_loop_end(clone, self._workers)
             return clone
 
     def engines(self) -> list[tuple[AsyncEngine, asyncio.AbstractEventLoop | None]]:

@@ -63,6 +63,7 @@ from ._codec import (
 )
 from ._errors import CacheError
 from ._schema import DEFAULT_TABLE_NAME
+from ._secrets import safe_url
 from ._statements import Row, build_insert_absent, entry_row, rows_params
 from ._table import prepare_table
 
@@ -519,7 +520,7 @@ def migrate(
         dialect_name = sync_engine.dialect.name
         # Errors name the database as the caller did (not with the derived sync driver).
         named = make_url(engine) if isinstance(engine, (str, URL)) else sync_engine.url
-        where = named.render_as_string(hide_password=True)
+        where = safe_url(named)
         destination = cache._table
         with sync_engine.connect() as connection:
             layout = _source_layout(connection, from_table, from_schema, where)

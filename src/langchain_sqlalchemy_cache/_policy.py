@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Literal
 
 from ._errors import CacheError, ConfigurationError
+from ._secrets import mask_url
 
 logger = logging.getLogger("langchain_sqlalchemy_cache")
 
@@ -32,6 +34,8 @@ class ErrorPolicy:
             )
             raise ConfigurationError(msg)
         self.raises = on_error == "raise"
+        # Driver errors may echo a DSN: messages pass through the cache's redactor.
+        self.redact: Callable[[str], str] = mask_url
         self.errors = 0
         self._log_interval = log_interval
         self._lock = threading.Lock()
@@ -47,7 +51,8 @@ class ErrorPolicy:
         if self.raises:  # the caller hears of it: no log line as well
             with self._lock:
                 self.errors += 1
-            raise CacheError(f"cache {operation} failed: {type(exc).__name__}: {exc}") from exc
+            msg = self.redact(f"cache {operation} failed: {type(exc).__name__}: {exc}")
+            raise CacheError(msg) from exc
         now = time.monotonic()
         with self._lock:
             self.errors += 1
@@ -63,7 +68,7 @@ class ErrorPolicy:
                 operation,
                 f" ({unlogged} more since the last report)" if unlogged else "",
                 type(exc).__name__,
-                str(exc).splitlines()[0] if str(exc) else "",
+                self.redact(str(exc).splitlines()[0] if str(exc) else ""),
             )
 
 

@@ -18,6 +18,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql
 
+from ._identifiers import NAMESPACE_MAX_CHARS, index_name
 from ._keys import KEY_LENGTH
 
 DEFAULT_TABLE_NAME = "langchain_llm_cache"
@@ -59,20 +60,25 @@ def cache_table(
         payload: the generations as a JSON array in UTF-8 bytes (see ``_codec``).
         updated_at: UNIX time of the last write.
         format: the payload format version.
+
+    Indexes: (namespace, updated_at) for trims, purges and ``clear(older_than=)``;
+    (namespace, llm_key) for ``clear(llm_string=)``. Their names are
+    ``ix_<table>_<columns>``, shortened with a hash of the table name when that would
+    not fit 63 bytes.
     """
     return Table(
         table_name,
         metadata,
         Column("key", String(KEY_LENGTH), primary_key=True),
-        Column("namespace", String(255), nullable=False, server_default=""),
+        Column("namespace", String(NAMESPACE_MAX_CHARS), nullable=False, server_default=""),
         Column("llm_key", String(KEY_LENGTH), nullable=True),
         Column("prompt", _LONG_TEXT, nullable=True),
         Column("llm_string", _LONG_TEXT, nullable=True),
         Column("payload", _LONG_BYTES, nullable=False),
         Column("updated_at", _TIMESTAMP, nullable=False),
         Column("format", SmallInteger, nullable=False, default=FORMAT_VERSION),
-        Index(f"ix_{table_name}_namespace_updated", "namespace", "updated_at"),
-        Index(f"ix_{table_name}_namespace_llm", "namespace", "llm_key"),
+        Index(index_name(table_name, "namespace_updated"), "namespace", "updated_at"),
+        Index(index_name(table_name, "namespace_llm"), "namespace", "llm_key"),
         schema=schema,
         **_MYSQL_TABLE_OPTIONS,
     )

@@ -15,7 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     Delete,
+    Double,
+    Integer,
     Select,
     String,
     Table,
@@ -23,11 +26,14 @@ from sqlalchemy import (
     and_,
     any_,
     bindparam,
+    cast,
     delete,
     desc,
     func,
+    literal_column,
     select,
     text,
+    type_coerce,
 )
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
@@ -52,11 +58,38 @@ _UPDATED_COLUMNS = (
     "format",
 )
 _COLUMNS = ("key", *_UPDATED_COLUMNS)
+# What a server-clock write sends: all but the time, which the statement reads.
+_SENT_COLUMNS = tuple(name for name in _COLUMNS if name != "updated_at")
 
 # Rows per DELETE when purging or trimming: short locks, no huge transaction.
 PURGE_BATCH_ROWS = 1000
 
 SUPPORTED_DIALECTS = ("postgresql", "sqlite", "mysql", "mariadb")
+
+
+# Write times of the rows of one statement, apart by this much in key order: the
+# server's clock reads the same for the whole statement, and max_entries trims need
+# distinct times to keep exactly the newest entries.
+ROW_TICK_S = 1e-6
+
+
+def server_clock(dialect_name: str) -> ColumnElement[Any] | None:
+    """The database server's clock in UNIX seconds, or None where it is the client's.
+
+    Application hosts' clocks differ; the server's is the one they share, so write
+    times and every comparison with them (ttl, ``clear(older_than=)``, purges) read it.
+    A SQLite file is local: the client's clock is the server's.
+    """
+    if dialect_name == "postgresql":
+        return cast(func.extract("epoch", func.statement_timestamp()), Double)
+    if dialect_name in ("mysql", "mariadb"):
+        # Both read the statement's start; UNIX_TIMESTAMP(NOW(6)) would go through the
+        # session time zone and be an hour off around daylight-saving changes.
+        seconds = func.unix_timestamp() + func.microsecond(
+            func.now(literal_column("6"))
+        ) / literal_column("1000000")
+        return type_coerce(seconds, Double)  # a DECIMAL; older MySQL cannot CAST to DOUBLE
+    return None
 
 
 def check_dialect(dialect_name: str) -> None:
@@ -101,6 +134,8 @@ class Statements:
 
     dialect_name: str
     ttl: float | None
+    # SELECT of the server's clock (None on SQLite: the client's clock is the server's).
+    clock: Select[tuple[float]] | None
     lookup: Select[tuple[str, str]]
     upsert: Insert
     namespace: str
@@ -127,7 +162,10 @@ class Statements:
         """Parameters of ``lookup`` for these keys (any number, duplicates allowed)."""
         params: dict[str, Any] = {"keys": list(dict.fromkeys(keys))}
         if self.ttl is not None:
-            params["fresh_since"] = now - self.ttl
+            if self.clock is None:
+                params["fresh_since"] = now - self.ttl
+            else:
+                params["ttl"] = self.ttl
         return params
 
     def clear(self, llm_key: str | None, cutoff: float | None) -> tuple[Delete, dict[str, Any]]:
@@ -153,6 +191,20 @@ class Statements:
         return rows_params(self.dialect_name, [by_key[key] for key in sorted(by_key)])
 
 
+def batch_transaction(dialect_name: str, params: Params | None) -> dict[str, Any] | None:
+    """Execution options that make one multi-row write one transaction, or None.
+
+    The cache's connections autocommit, and SQLite's executemany then commits row by
+    row: a process killed mid-batch would leave part of it. Elsewhere a multi-row
+    write is already one statement (PostgreSQL's unnest, MySQL drivers' folded
+    INSERT), atomic on its own.
+    """
+    if dialect_name == "sqlite" and isinstance(params, list) and len(params) > 1:
+        # Leaves autocommit: sqlite3 opens a transaction before the first write.
+        return {"isolation_level": "SERIALIZABLE"}
+    return None
+
+
 def size_chunks(rows: Sequence[Row], max_bytes: int) -> list[list[int]]:
     """Split rows (by index, in order) into runs of at most ``max_bytes`` each.
 
@@ -176,10 +228,16 @@ def rows_params(dialect_name: str, rows: Sequence[Row]) -> Params:
     """Parameters of a multi-row write (``upsert``, ``build_insert_absent``) of ``rows``.
 
     One array per column on PostgreSQL; a list of rows, for executemany, elsewhere.
+    Where the server's clock writes the time, a row carries its rank instead.
     """
     if dialect_name == "postgresql":
-        return {f"{name}_array": [row[name] for row in rows] for name in _COLUMNS}
-    return [dict(row) for row in rows]
+        arrays = {f"{name}_array": [row[name] for row in rows] for name in _SENT_COLUMNS}
+        return {**arrays, "seq_array": list(range(len(rows)))}
+    if server_clock(dialect_name) is None:
+        return [dict(row) for row in rows]
+    return [
+        {**{name: row[name] for name in _SENT_COLUMNS}, "seq": seq} for seq, row in enumerate(rows)
+    ]
 
 
 def build_statements(
@@ -187,7 +245,8 @@ def build_statements(
 ) -> Statements:
     """Build every statement the cache runs against ``table``.
 
-    With a ``ttl``, a lookup only sees entries written at or after ``fresh_since``.
+    With a ``ttl``, a lookup only sees entries written at most ``ttl`` seconds ago by
+    the server's clock (``server_clock``).
     Lookups need no namespace filter: the namespace is part of the key.
     """
     check_dialect(dialect_name)
@@ -203,9 +262,11 @@ def build_statements(
         for by_model in (False, True)
         for by_age in (False, True)
     }
+    clock = server_clock(dialect_name)
     return Statements(
         dialect_name=dialect_name,
         ttl=ttl,
+        clock=None if clock is None else select(clock),
         lookup=_lookup(table, dialect_name, with_ttl=ttl is not None),
         upsert=_upsert(table, dialect_name),
         namespace=namespace,
@@ -298,8 +359,11 @@ def _purge_batch(table: Table, dialect_name: str, older: Any) -> Delete:
 
 def _lookup(table: Table, dialect_name: str, *, with_ttl: bool) -> Select[tuple[str, str]]:
     stmt = select(table.c.key, table.c.payload)
-    if with_ttl:
+    clock = server_clock(dialect_name)
+    if with_ttl and clock is None:
         stmt = stmt.where(table.c.updated_at >= bindparam("fresh_since"))
+    elif with_ttl and clock is not None:
+        stmt = stmt.where(table.c.updated_at >= clock - bindparam("ttl", type_=Double))
     if dialect_name == "postgresql":
         # One array parameter: the same statement text for every batch size, which
         # asyncpg prepares once per connection.
@@ -310,13 +374,31 @@ def _lookup(table: Table, dialect_name: str, *, with_ttl: bool) -> Select[tuple[
 
 def _pg_insert_rows(table: Table) -> postgresql.Insert:
     # INSERT .. SELECT FROM unnest(one array per column): one statement for a whole
-    # batch, whatever its size.
+    # batch, whatever its size. The write time is the server's, per row.
     arrays = [
-        bindparam(f"{name}_array", type_=postgresql.ARRAY(table.c[name].type)) for name in _COLUMNS
+        bindparam(f"{name}_array", type_=postgresql.ARRAY(table.c[name].type))
+        for name in _SENT_COLUMNS
     ]
-    rows = func.unnest(*arrays).table_valued(*_COLUMNS).render_derived()
+    arrays.append(bindparam("seq_array", type_=postgresql.ARRAY(Integer)))
+    rows = func.unnest(*arrays).table_valued(*_SENT_COLUMNS, "seq").render_derived()
+    values: dict[str, ColumnElement[Any]] = {name: rows.c[name] for name in _SENT_COLUMNS}
+    values["updated_at"] = _row_time("postgresql", cast(rows.c.seq, Double))
     return postgresql.insert(table).from_select(
-        _COLUMNS, select(*(rows.c[name] for name in _COLUMNS))
+        _COLUMNS, select(*(values[name] for name in _COLUMNS))
+    )
+
+
+def _row_time(dialect_name: str, seq: ColumnElement[Any]) -> ColumnElement[Any]:
+    clock = server_clock(dialect_name)
+    if clock is None:
+        raise AssertionError(f"{dialect_name} writes the client's time")
+    # Literals, not parameters: the statement text stays the same for every batch.
+    return clock + seq * literal_column(f"{ROW_TICK_S:f}")
+
+
+def _mysql_insert(table: Table) -> mysql.Insert:
+    return mysql.insert(table).values(
+        updated_at=_row_time("mysql", bindparam("seq", type_=Integer))
     )
 
 
@@ -332,7 +414,7 @@ def build_insert_absent(table: Table, dialect_name: str) -> Insert:
     elif dialect_name in ("mysql", "mariadb"):
         # IGNORE would also let invalid values through with a warning; the rows are the
         # cache's own, so a duplicate key is all it can skip here.
-        stmt = mysql.insert(table).prefix_with("IGNORE")
+        stmt = _mysql_insert(table).prefix_with("IGNORE")
     else:
         stmt = sqlite.insert(table).on_conflict_do_nothing(index_elements=[table.c.key])
     # SQLAlchemy keeps an INSERT's row count only when asked.
@@ -349,7 +431,7 @@ def _upsert(table: Table, dialect_name: str) -> Insert:
     # SQLite and MySQL: a single-row upsert run with executemany (the drivers loop in
     # C; PyMySQL-style drivers fold it into one multi-row INSERT).
     if dialect_name in ("mysql", "mariadb"):
-        my_stmt = mysql.insert(table)
+        my_stmt = _mysql_insert(table)
         return my_stmt.on_duplicate_key_update(
             {name: my_stmt.inserted[name] for name in _UPDATED_COLUMNS}
         )

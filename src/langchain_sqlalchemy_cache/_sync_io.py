@@ -12,7 +12,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import sessionmaker
 
 from ._retry import retry_delay
-from ._statements import Params
+from ._statements import Params, batch_transaction
 from ._table import TableReadiness, prepare_table
 
 
@@ -38,14 +38,22 @@ class SyncExecutor:
         self, statement: Executable, params: Params | None, *, rows: bool
     ) -> tuple[Sequence[Row[Any]], int]:
         self._ensure_table()
+        batch = batch_transaction(self._engine.dialect.name, params)
         for attempt in itertools.count(1):
             try:
                 with self._sessions() as session:
+                    if batch is not None:
+                        session.connection(execution_options=batch)
                     result = session.execute(statement, params)
+                    if batch is not None:
+                        session.commit()
                     if rows:
                         return result.all(), -1
                     return (), int(getattr(result, "rowcount", -1))
             except DBAPIError as exc:
+                if self._readiness.lost(exc, attempt):  # the table was dropped meanwhile
+                    self._ensure_table()
+                    continue
                 delay = retry_delay(exc, attempt)  # a dropped connection, a deadlock
                 if delay is None:
                     raise

@@ -1,0 +1,114 @@
+"""Event loops that end with calls in flight: nothing printed from the cache's own
+engines (no thread tracebacks, no unraisable exceptions, no ResourceWarning)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import sys
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from langchain_core.outputs import Generation
+
+from langchain_sqlalchemy_cache import SQLAlchemyCache
+
+from .conftest import CacheFactory
+
+pytestmark = pytest.mark.timeout(240)
+
+RUNS = 200
+THREADS = 4
+RUNS_PER_THREAD = 25
+CALLS = 5
+
+
+@dataclass
+class Reports:
+    """What Python would have printed: thread failures, unraisables, warnings."""
+
+    threads: list[str] = field(default_factory=list)
+    unraisable: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def all(self) -> list[str]:
+        return [*self.threads, *self.unraisable, *self.warnings]
+
+
+@pytest.fixture
+def reports(monkeypatch: pytest.MonkeyPatch) -> Iterator[Reports]:
+    found = Reports()
+
+    def thread_hook(args: threading.ExceptHookArgs) -> None:
+        found.threads.append(f"{args.thread}: {args.exc_type.__name__}: {args.exc_value}")
+
+    def unraisable_hook(args: Any) -> None:
+        found.unraisable.append(f"{args.exc_type.__name__}: {args.exc_value} in {args.object}")
+
+    monkeypatch.setattr(threading, "excepthook", thread_hook)
+    monkeypatch.setattr(sys, "unraisablehook", unraisable_hook)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield found
+        gc.collect()  # connections dropped unclosed warn when collected
+    found.warnings.extend(
+        f"{w.category.__name__}: {w.message}"
+        for w in caught
+        if issubclass(w.category, (ResourceWarning, RuntimeWarning))
+    )
+
+
+def _run_with_calls_in_flight(cache: SQLAlchemyCache, run: int) -> None:
+    async def main() -> None:
+        value = [Generation(text=str(run))]
+        in_flight = [
+            asyncio.ensure_future(call)
+            for j in range(CALLS)
+            for call in (cache.aupdate(f"p{run}-{j}", "m", value), cache.alookup(f"p{j}", "m"))
+        ]
+        # Let the calls reach the driver (connecting, or a statement under way), then
+        # return: asyncio.run cancels them and closes the loop.
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert not all(call.done() for call in in_flight)
+
+    asyncio.run(main())
+
+
+def _churn(cache: SQLAlchemyCache, runs: range) -> None:
+    for run in runs:
+        _run_with_calls_in_flight(cache, run)
+
+
+def _in_threads(target: Callable[[int], None]) -> None:
+    threads = [threading.Thread(target=target, args=(t,)) for t in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def test_asyncio_run_ending_with_calls_in_flight_prints_nothing(
+    make_cache: CacheFactory, reports: Reports
+) -> None:
+    cache = make_cache()
+    _churn(cache, range(RUNS))
+    cache.update("last", "m", [Generation(text="x")])
+    assert cache.lookup("last", "m") == [Generation(text="x")]
+    cache.close()
+    assert reports.all() == []
+
+
+def test_threads_each_running_loops_print_nothing(
+    make_cache: CacheFactory, reports: Reports
+) -> None:
+    cache = make_cache()
+    _in_threads(lambda t: _churn(cache, range(t * 1000, t * 1000 + RUNS_PER_THREAD)))
+    cache.update("last", "m", [Generation(text="x")])
+    assert cache.lookup("last", "m") == [Generation(text="x")]
+    cache.close()
+    assert reports.all() == []
