@@ -32,20 +32,21 @@ def prepare_table(connection: Connection, table: Table, *, create: bool) -> None
         MissingTableError: ``create`` is False and the table does not exist.
         ConfigurationError: The table exists with other columns.
     """
+    schema = connection.schema_for_object(table)  # a schema_translate_map applied
     if create:
         try:
             table.create(connection, checkfirst=True)
         except DBAPIError:
-            if not inspect(connection).has_table(table.name, schema=table.schema):
+            if not inspect(connection).has_table(table.name, schema=schema):
                 raise
-    elif not inspect(connection).has_table(table.name, schema=table.schema):
+    elif not inspect(connection).has_table(table.name, schema=schema):
         where = connection.engine.url.render_as_string(hide_password=True)
         msg = (
             f"the table {table.name!r} does not exist in {where}: create it with your "
             "migrations (see cache_table()) or pass create_table=True"
         )
         raise MissingTableError(msg)
-    found = {column["name"] for column in inspect(connection).get_columns(table.name, table.schema)}
+    found = {column["name"] for column in inspect(connection).get_columns(table.name, schema)}
     missing = [column.name for column in table.columns if column.name not in found]
     if missing:
         msg = (
