@@ -658,3 +658,63 @@ def test_trio_gets_a_clear_error_and_aclose_masks_nothing(tmp_path: Path) -> Non
 
     trio.run(clean_block)  # aclose() outside asyncio closes without raising
     assert cache.lookup("p", "llm") == [Generation(text="x")]  # nothing was written
+
+
+def test_anyio_on_trio_gets_the_same_clear_error(tmp_path: Path) -> None:
+    anyio = pytest.importorskip("anyio")
+    pytest.importorskip("trio")
+    cache = SQLiteCache(tmp_path / "c.db")
+
+    async def main() -> None:
+        with pytest.raises(ConfigurationError, match=r"anyio\.to_thread\.run_sync"):
+            await cache.aclear()
+        # The way the message points to: the sync method in a worker thread.
+        await anyio.to_thread.run_sync(cache.update, "p", "llm", [Generation(text="x")])
+        assert await anyio.to_thread.run_sync(cache.lookup, "p", "llm") == [Generation(text="x")]
+
+    anyio.run(main, backend="trio")
+    cache.close()
+
+
+async def test_mysql_engine_arguments_are_carried(mysql_url: str) -> None:
+    # PyMySQL's arguments go unchanged to aiomysql, its async port: both sessions get
+    # the same init_command.
+    engine = create_engine(
+        make_url(mysql_url).set(drivername="mysql+pymysql"),
+        connect_args={"init_command": "SET SESSION sql_mode='ANSI_QUOTES'", "connect_timeout": 5},
+    )
+    table = unique_table()
+    cache = SQLAlchemyCache(engine, table_name=table)
+    assert cache.async_engine.url.drivername == "mysql+aiomysql"
+    await assert_one_cache(cache, async_first=True)
+    async with cache.async_engine.connect() as connection:
+        mode = (await connection.exec_driver_sql("SELECT @@SESSION.sql_mode")).scalar()
+    assert mode == "ANSI_QUOTES"
+    drop_table(cache, table)
+    await cache.aclose()
+    engine.dispose()
+
+
+async def test_sync_side_serves_while_the_async_side_is_unreachable(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from langchain_sqlalchemy_cache import CacheError
+
+    url = make_url(postgres_url)
+    # Nothing listens on port 1: the async side is refused at once.
+    async_engine = create_async_engine(url.set(drivername="postgresql+asyncpg", port=1))
+    sync_engine = create_engine(url.set(drivername="postgresql+psycopg"))
+    table = unique_table()
+    cache = SQLAlchemyCache(
+        async_engine, sync_engine=sync_engine, table_name=table, on_error="raise"
+    )
+    cache.update("p", "llm", [Generation(text="x")])
+    assert cache.lookup("p", "llm") == [Generation(text="x")]
+    assert "could not check the async engine's table yet" in caplog.text
+    with pytest.raises(CacheError):
+        await cache.alookup("p", "llm")
+    drop_table(cache, table)
+    await async_engine.dispose()
+    sync_engine.dispose()

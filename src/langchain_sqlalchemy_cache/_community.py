@@ -6,14 +6,11 @@ and name, and its tables by name.
 
 from __future__ import annotations
 
-import logging
-
 from sqlalchemy import Connection, Table, func, inspect, select, table
 
 from ._engines import mask_url
 from ._errors import ConfigurationError
-
-logger = logging.getLogger("langchain_sqlalchemy_cache")
+from ._policy import logger
 
 # langchain_community.cache's default schema classes and the tables they declare.
 COMMUNITY_TABLES = {"FullLLMCache": "full_llm_cache", "FullMd5LLMCache": "full_md5_llm_cache"}

@@ -29,6 +29,7 @@ from ._community import notice_community_tables
 from ._engines import IN_MEMORY_HELP
 from ._errors import ConfigurationError
 from ._loops import clone_engine
+from ._policy import logger
 
 
 @dataclass(frozen=True)
@@ -219,6 +220,17 @@ class PairCheck:
             try:
                 if self._async is None:
                     self._record("async", _in_own_loop(self._async_engine, self._table))
+            except ConfigurationError:
+                raise
+            except Exception as exc:
+                # The sync side must not depend on the async one being reachable: the
+                # async side compares at its own first use, before it serves.
+                logger.warning(
+                    "could not check the async engine's table yet (it is checked at its "
+                    "first use): %s: %.200s",
+                    type(exc).__name__,
+                    exc,
+                )
             finally:
                 self._loop_owner.release()
         self._raise_if_split()
