@@ -718,3 +718,28 @@ async def test_sync_side_serves_while_the_async_side_is_unreachable(
     drop_table(cache, table)
     await async_engine.dispose()
     sync_engine.dispose()
+
+
+async def test_async_side_serves_while_the_sync_side_is_unreachable(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from langchain_sqlalchemy_cache import CacheError
+
+    url = make_url(postgres_url)
+    async_engine = create_async_engine(url.set(drivername="postgresql+asyncpg"))
+    sync_engine = create_engine(url.set(drivername="postgresql+psycopg", port=1))
+    table = unique_table()
+    cache = SQLAlchemyCache(
+        async_engine, sync_engine=sync_engine, table_name=table, on_error="raise"
+    )
+    await cache.aupdate("p", "llm", [Generation(text="x")])
+    assert await cache.alookup("p", "llm") == [Generation(text="x")]
+    assert "could not check the sync engine's table yet" in caplog.text
+    with pytest.raises(CacheError):
+        await asyncio.to_thread(cache.lookup, "p", "llm")
+    async with async_engine.begin() as connection:
+        await connection.execute(text(f"DROP TABLE {table}"))
+    await async_engine.dispose()
+    sync_engine.dispose()

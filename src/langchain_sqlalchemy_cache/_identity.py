@@ -17,8 +17,10 @@ moment, the sync side leaves it to that loop, which compares before it serves.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,7 +111,7 @@ def resolve_place(connection: Connection, table: Table) -> Place:
     return _RESOLVERS[connection.dialect.name](connection, table, schema)
 
 
-# The async side's place, resolved from sync code, has this long to answer.
+# How long one side waits for the other side's place before serving without it.
 _PROBE_TIMEOUT_S = 30.0
 
 
@@ -137,6 +139,27 @@ def _in_own_loop(base: AsyncEngine, table: Table) -> Place:
     if isinstance(outcome[0], BaseException):
         raise outcome[0]
     return outcome[0]
+
+
+@contextlib.contextmanager
+def _postponed_if_unreachable(side: str) -> Iterator[None]:
+    """Let one side serve while the other cannot be reached to compare with.
+
+    Neither side may depend on the other being up: the other side compares at its own
+    first use, before it serves. A configuration error still propagates.
+    """
+    try:
+        yield
+    except ConfigurationError:
+        raise
+    except Exception as exc:
+        logger.warning(
+            "could not check the %s engine's table yet (it is checked at its first use): "
+            "%s: %.200s",
+            side,
+            type(exc).__name__,
+            exc,
+        )
 
 
 class PairCheck:
@@ -219,18 +242,8 @@ class PairCheck:
         if self._async is None and self._loop_owner.acquire(blocking=False):
             try:
                 if self._async is None:
-                    self._record("async", _in_own_loop(self._async_engine, self._table))
-            except ConfigurationError:
-                raise
-            except Exception as exc:
-                # The sync side must not depend on the async one being reachable: the
-                # async side compares at its own first use, before it serves.
-                logger.warning(
-                    "could not check the async engine's table yet (it is checked at its "
-                    "first use): %s: %.200s",
-                    type(exc).__name__,
-                    exc,
-                )
+                    with _postponed_if_unreachable("async"):
+                        self._record("async", _in_own_loop(self._async_engine, self._table))
             finally:
                 self._loop_owner.release()
         self._raise_if_split()
@@ -248,6 +261,8 @@ class PairCheck:
         if self._async is None:
             place = await connection.run_sync(resolve_place, self._table)
             if self._sync is None:
-                await asyncio.to_thread(self._resolve_sync)
+                with _postponed_if_unreachable("sync"):
+                    # Bounded: a sync driver may have no connect timeout of its own.
+                    await asyncio.wait_for(asyncio.to_thread(self._resolve_sync), _PROBE_TIMEOUT_S)
             self._record("async", place)
         self._raise_if_split()
