@@ -88,10 +88,19 @@ def test_explicit_pair_is_used_as_given(tmp_path: Path) -> None:
 
 
 def test_explicit_pair_on_different_databases_is_refused(tmp_path: Path) -> None:
+    # Refused at first use, where each side names the file it really opened.
     async_engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'a.db'}")
     sync_engine = create_engine(f"sqlite:///{tmp_path / 'b.db'}")
-    with pytest.raises(ConfigurationError, match="different databases"):
-        SQLAlchemyCache(async_engine, sync_engine=sync_engine)
+    cache = SQLAlchemyCache(async_engine, sync_engine=sync_engine)
+    with pytest.raises(ConfigurationError, match="different tables"):
+        cache.lookup("p", LLM)
+
+    async def first_async_use() -> None:
+        with pytest.raises(ConfigurationError, match="different tables"):
+            await cache.alookup("p", LLM)
+        await async_engine.dispose()
+
+    asyncio.run(first_async_use())
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from ._cache import SQLAlchemyCache
 from ._errors import CacheError, ConfigurationError
+from ._md5 import SQLAlchemyMd5Cache
 from ._schema import cache_table
 from ._sqlite import SQLiteCache
 from ._stats import CacheStats, ModelEntries, TableStats
@@ -12,6 +13,7 @@ __all__ = [
     "ConfigurationError",
     "ModelEntries",
     "SQLAlchemyCache",
+    "SQLAlchemyMd5Cache",
     "SQLiteCache",
     "TableStats",
     "cache_table",

@@ -11,6 +11,7 @@ from sqlalchemy import Executable, Row, Table
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from ._identity import PairCheck
 from ._loops import LoopEngines, PerLoop
 from ._retry import retry_delay
 from ._statements import Params, batch_transaction
@@ -20,19 +21,25 @@ from ._table import TableReadiness, prepare_table
 class AsyncExecutor:
     """Runs statements through short-lived ``AsyncSession``s: real async I/O, no threads."""
 
-    def __init__(self, engines: LoopEngines, table: Table, readiness: TableReadiness) -> None:
+    def __init__(
+        self, engines: LoopEngines, table: Table, readiness: TableReadiness, pair: PairCheck
+    ) -> None:
         self._engines = engines
         self._table = table
         self._readiness = readiness
+        self._pair = pair
         self._sessionmakers: PerLoop[async_sessionmaker[AsyncSession]] = PerLoop(
             lambda: async_sessionmaker(engines.get())
         )
 
+    def _ready(self) -> bool:
+        return self._pair.async_checked() and self._readiness.ready
+
     async def _ensure_table(self) -> None:
-        if self._readiness.ready:
+        if self._ready():
             return
         async with self._readiness.loop_locks.get():
-            while not self._readiness.ready:
+            while not self._ready():
                 # One loop at a time, across threads: the first connection also
                 # initializes the dialect the per-loop engines share, and SQLAlchemy only
                 # serializes that within one pool; a loop that connected meanwhile would
@@ -42,11 +49,14 @@ class AsyncExecutor:
                     await asyncio.sleep(0.005)
                     continue
                 try:
-                    if not self._readiness.ready:
+                    if not self._ready():
                         async with self._engines.get().connect() as connection:
-                            await connection.run_sync(
-                                prepare_table, self._table, create=self._readiness.create
-                            )
+                            # Which table this side reaches, before creating any.
+                            await self._pair.check_async(connection)
+                            if not self._readiness.ready:
+                                await connection.run_sync(
+                                    prepare_table, self._table, create=self._readiness.create
+                                )
                         self._readiness.ready = True
                 finally:
                     self._readiness.loop_owner.release()

@@ -26,12 +26,14 @@ from ._codec import (
     logger,
     validate_generations,
 )
+from ._community import check_cache_schema
 from ._engines import EnginePair, resolve_engines
 from ._errors import ConfigurationError
 from ._eviction import TrimSchedule
 from ._identifiers import check_identifier, check_namespace
+from ._identity import PairCheck
 from ._keys import cache_key, llm_key
-from ._loops import LoopEngines, PerLoop, drop_pool
+from ._loops import LoopEngines, PerLoop, drop_pool, require_asyncio
 from ._policy import ErrorPolicy, OnError
 from ._replicas import ReadRouter, Replicas
 from ._schema import DEFAULT_TABLE_NAME, cache_table
@@ -150,6 +152,7 @@ class SQLAlchemyCache(BaseCache):
     def __init__(
         self,
         engine: str | URL | AsyncEngine | Engine,
+        cache_schema: type[Any] | None = None,
         *,
         sync_engine: Engine | None = None,
         table_name: str = DEFAULT_TABLE_NAME,
@@ -172,9 +175,14 @@ class SQLAlchemyCache(BaseCache):
             engine: A database URL (async or sync driver, or a bare ``postgresql://``
                 or ``sqlite:///`` URL), an ``AsyncEngine``, or a sync ``Engine``. The
                 engine of the other kind is derived from it (asyncpg <-> psycopg,
-                aiosqlite <-> sqlite3) unless ``sync_engine`` is given.
+                aiosqlite <-> sqlite3) unless ``sync_engine`` is given, carrying the
+                engine's ``connect_args``, ``creator`` (SQLite), execution options and
+                pool settings; what cannot be carried raises ``ConfigurationError``.
+            cache_schema: Accepted for ``langchain_community`` compatibility: its
+                ``FullLLMCache`` and ``FullMd5LLMCache`` are ignored (this cache's own
+                layout is used); any other class raises ``ConfigurationError``.
             sync_engine: The sync ``Engine`` paired with an ``AsyncEngine`` passed as
-                ``engine``; it must point at the same database.
+                ``engine``; it must reach the same table, which is checked at first use.
             table_name: Name of the cache table: at most 63 bytes of UTF-8 on
                 PostgreSQL, 64 characters on MySQL/MariaDB; never NUL or a lone
                 surrogate.
@@ -224,13 +232,16 @@ class SQLAlchemyCache(BaseCache):
                 replayed.
 
         Raises:
-            ConfigurationError: The engines or URL cannot be used or paired, or the
-                backend cannot hold the table name, schema or namespace; the message
-                says what to pass instead.
+            ConfigurationError: The engines or URL cannot be used or paired, the
+                backend cannot hold the table name, schema or namespace, or
+                ``cache_schema`` is not one of community's defaults; the message says
+                what to pass instead. At first use: the two engines reach different
+                tables, or an async method runs outside asyncio.
         """
         if not isinstance(table_name, str) or not table_name.strip():
             msg = f"table_name must be a non-empty str, got {table_name!r}"
             raise ConfigurationError(msg)
+        check_cache_schema(cache_schema, table_name)
         if schema is not None and (not isinstance(schema, str) or not schema.strip()):
             msg = f"schema must be a non-empty str or None, got {schema!r}"
             raise ConfigurationError(msg)
@@ -261,11 +272,17 @@ class SQLAlchemyCache(BaseCache):
             self._table, self._engines.dialect_name, self._ttl, namespace
         )
         readiness = TableReadiness(create=create_table)
+        pair = PairCheck(
+            self._table,
+            self._engines.sync_engine,
+            self._engines.async_engine,
+            readiness.loop_owner,
+        )
         self._loop_engines = LoopEngines(
             self._engines.async_engine, owned=self._engines.async_engine in self._engines.owned
         )
-        self._async = AsyncExecutor(self._loop_engines, self._table, readiness)
-        self._sync = SyncExecutor(self._engines.sync_engine, self._table, readiness)
+        self._async = AsyncExecutor(self._loop_engines, self._table, readiness, pair)
+        self._sync = SyncExecutor(self._engines.sync_engine, self._table, readiness, pair)
         self._reads = ReadRouter(
             replicas,
             max_lag=None
@@ -298,6 +315,11 @@ class SQLAlchemyCache(BaseCache):
     @property
     def sync_engine(self) -> Engine:
         """The engine the sync methods run on."""
+        return self._engines.sync_engine
+
+    @property
+    def engine(self) -> Engine:
+        """The sync engine, as ``langchain_community``'s ``cache.engine``."""
         return self._engines.sync_engine
 
     # What both sides share: keys, rows, and the batch functions of the coalescers.
@@ -484,7 +506,12 @@ class SQLAlchemyCache(BaseCache):
     # Async core.
 
     async def alookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
-        """Async ``lookup``, on the AsyncEngine."""
+        """Async ``lookup``, on the AsyncEngine.
+
+        Raises:
+            ConfigurationError: No asyncio event loop runs (e.g. under trio).
+        """
+        require_asyncio()
         key = self._key(prompt, llm_string)
         start = perf_counter()
         with self._policy.guard("lookup"):
@@ -499,7 +526,9 @@ class SQLAlchemyCache(BaseCache):
 
         Raises:
             TypeError: ``return_val`` is not a sequence of ``Generation`` objects.
+            ConfigurationError: No asyncio event loop runs (e.g. under trio).
         """
+        require_asyncio()
         row = self._row(prompt, llm_string, return_val)
         if row is None:
             return
@@ -516,7 +545,9 @@ class SQLAlchemyCache(BaseCache):
 
         Raises:
             TypeError: An unknown keyword argument or a bad ``older_than`` was given.
+            ConfigurationError: No asyncio event loop runs (e.g. under trio).
         """
+        require_asyncio()
         model, older_than = _clear_filters(kwargs)
         self._reads.wrote_everything()
         with self._policy.guard("clear"):
@@ -531,8 +562,9 @@ class SQLAlchemyCache(BaseCache):
             How many entries were deleted.
 
         Raises:
-            ConfigurationError: The cache has no ``ttl``.
+            ConfigurationError: The cache has no ``ttl``, or no asyncio loop runs.
         """
+        require_asyncio()
         ttl = self._require_ttl()
         with self._policy.guard("purge"):
             async with self._slots.get():
@@ -547,8 +579,9 @@ class SQLAlchemyCache(BaseCache):
             How many entries were deleted.
 
         Raises:
-            ConfigurationError: The cache has no ``max_entries``.
+            ConfigurationError: The cache has no ``max_entries``, or no asyncio loop runs.
         """
+        require_asyncio()
         params = self._sql.nth_newest_params(self._require_max_entries())
         with self._policy.guard("evict"):
             async with self._slots.get():
@@ -575,8 +608,10 @@ class SQLAlchemyCache(BaseCache):
         """Async ``table_stats``: what the table holds for this namespace.
 
         Raises:
-            CacheError: The database could not be read.
+            CacheError: The database could not be read (``ConfigurationError`` when no
+                asyncio loop runs).
         """
+        require_asyncio()
         params = self._sql.namespace_params()
         size_query = self._sql.table_size
         with self._strict.guard("table_stats"):
@@ -610,8 +645,13 @@ class SQLAlchemyCache(BaseCache):
         """Dispose of the engines this cache created, closing async connections politely.
 
         Connections of the running event loop are closed; those of other loops are dropped.
+        Outside asyncio (trio) this is ``close()``: nothing was opened by this loop.
         """
-        running = asyncio.get_running_loop()
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            self.close()
+            return
         for engine, loop in self._async_engines_to_dispose():
             if loop is running:
                 await engine.dispose()
@@ -653,7 +693,18 @@ class SQLAlchemyCache(BaseCache):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.aclose()
+        try:
+            await self.aclose()
+        except Exception as close_error:
+            if exc is None:
+                raise
+            # The error that left the block is the one to see.
+            logger.warning(
+                "closing the cache after %s failed too: %s: %s",
+                type(exc).__name__,
+                type(close_error).__name__,
+                close_error,
+            )
 
     def __repr__(self) -> str:
         url = safe_url(self._engines.sync_engine.url)

@@ -16,6 +16,8 @@ from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from ._carry import SAME_FAMILY, UncarriableError, carry, needs_family
+from ._engine_internals import UnreadableEngineError, read_settings
 from ._errors import ConfigurationError
 from ._failover import check_hosts, wrong_server
 from ._retry import MYSQL_PACKET_TOO_LARGE, mysql_error_code
@@ -25,7 +27,7 @@ from ._statements import check_dialect
 # (backend, async driver) <-> (backend, sync driver). The first driver listed for a
 # backend is the one a bare URL such as ``postgresql://`` gets.
 _MYSQL_ASYNC = ("asyncmy", "aiomysql")
-_MYSQL_SYNC = ("pymysql", "mysqldb")
+_MYSQL_SYNC = ("pymysql", "mysqldb", "mysqlconnector")
 _ASYNC_DRIVERS = {
     "postgresql": ("asyncpg", "psycopg_async"),
     "sqlite": ("aiosqlite",),
@@ -52,15 +54,28 @@ _ASYNC_TWIN = {
     "pysqlite": "aiosqlite",
     "pymysql": "asyncmy",
     "mysqldb": "asyncmy",
+    "mysqlconnector": "asyncmy",
 }
-# The pip extra that installs each backend's drivers.
-_EXTRAS = {"postgresql": "postgres", "sqlite": "", "mysql": "mysql", "mariadb": "mysql"}
+# What pip installs each driver as, and the extra of this package that includes it.
+_PACKAGES = {
+    "asyncpg": ("asyncpg", "postgres"),
+    "psycopg": ("psycopg[binary]", "postgres"),
+    "psycopg_async": ("psycopg[binary]", "postgres"),
+    "psycopg2": ("psycopg2-binary", None),
+    "pg8000": ("pg8000", None),
+    "aiosqlite": ("aiosqlite", None),
+    "asyncmy": ("asyncmy", "mysql"),
+    "aiomysql": ("aiomysql", "mysql"),
+    "pymysql": ("PyMySQL", "mysql"),
+    "mysqldb": ("mysqlclient", None),
+    "mysqlconnector": ("mysql-connector-python", None),
+}
 
 _E = TypeVar("_E", AsyncEngine, Engine)
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
-_IN_MEMORY_HELP = (
+IN_MEMORY_HELP = (
     "an in-memory SQLite database belongs to one connection, so the async core and the "
     "sync facade would each see a different, private cache (and one connection shared "
     "by coroutines loses writes on rollback); use a file, e.g. "
@@ -147,18 +162,11 @@ def _is_in_memory_sqlite(url: URL) -> bool:
     if url.get_backend_name() != "sqlite":
         return False
     database = url.database or ""
-    return (
-        database in ("", ":memory:")
-        or "mode=memory" in database
-        or (url.query.get("mode") == "memory")
-    )
-
-
-def _same_database(a: URL, b: URL) -> bool:
-    def where(url: URL) -> tuple[Any, ...]:
-        return (url.get_backend_name(), url.host, url.port, url.database, url.username)
-
-    return where(a) == where(b)
+    # The URL's query (mode=memory, uri=true) is parsed out of the database: a file
+    # named "mode=memory.db" is a file.
+    if database.startswith("file:"):
+        database = database[len("file:") :]
+    return database in ("", ":memory:") or url.query.get("mode") == "memory"
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -179,7 +187,19 @@ def _mysql_closed_connection(context: ExceptionContext) -> None:
         context.is_disconnect = True
 
 
-def _create(url: URL, factory: Callable[..., _E]) -> _E:
+def missing_driver(drivername: str, exc: BaseException) -> ConfigurationError:
+    """The error for a driver that cannot be imported, naming the package to install."""
+    driver = drivername.partition("+")[2]
+    package, extra = _PACKAGES.get(driver, (driver, None))
+    also = f" (or pip install 'langchain-sqlalchemy-cache[{extra}]')" if extra else ""
+    msg = (
+        f"the {driver!r} driver for {drivername!r} is not installed: "
+        f"pip install '{package}'{also} ({type(exc).__name__}: {exc})"
+    )
+    return ConfigurationError(msg)
+
+
+def _create(url: URL, factory: Callable[..., _E], **options: Any) -> _E:
     # AUTOCOMMIT: every cache statement is a single atomic statement, so the
     # BEGIN/COMMIT round trips around it would buy nothing.
     try:
@@ -191,16 +211,10 @@ def _create(url: URL, factory: Callable[..., _E]) -> _E:
             isolation_level="AUTOCOMMIT",
             pool_reset_on_return=None,
             skip_autocommit_rollback=True,
+            **options,
         )
     except (ImportError, NoSuchModuleError) as exc:
-        driver = url.drivername.partition("+")[2]
-        extra = _EXTRAS.get(url.get_backend_name(), "")
-        msg = (
-            f"the {driver!r} driver for {url.drivername!r} is not installed: "
-            f"pip install 'langchain-sqlalchemy-cache[{extra}]' "
-            f"or install {driver} yourself ({exc})"
-        )
-        raise ConfigurationError(msg) from exc
+        raise missing_driver(url.drivername, exc) from exc
     sync_side = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
     if url.get_backend_name() == "sqlite":
         event.listen(sync_side, "connect", _sqlite_pragmas)
@@ -219,10 +233,78 @@ def _autocommit_sync(engine: Engine) -> Engine:
     return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
+def _pair_needed(engine: Engine, *, to_async: bool, problem: str) -> ConfigurationError:
+    """Ask for an explicit pair when the twin of ``engine`` cannot be derived."""
+    backend = engine.url.get_backend_name()
+    shown = safe_url(engine.url)
+    if to_async:
+        twin = f"{backend}+{_ASYNC_DRIVERS.get(backend, ('<async driver>',))[0]}"
+        example = (
+            f"SQLAlchemyCache(create_async_engine('{twin}://...', <the same settings>), "
+            "sync_engine=engine)"
+        )
+    else:
+        twin = f"{backend}+{_SYNC_DRIVERS.get(backend, ('<sync driver>',))[0]}"
+        example = (
+            f"SQLAlchemyCache(async_engine, sync_engine=create_engine('{twin}://...', "
+            "<the same settings>))"
+        )
+    kind = "async" if to_async else "sync"
+    msg = (
+        f"cannot derive the {kind} engine from your engine on {shown}: {problem}; "
+        f"configure the {kind} engine alike yourself and pass the pair: {example}"
+    )
+    return ConfigurationError(msg)
+
+
+def _derive(engine: Engine, *, to_async: bool) -> AsyncEngine | Engine:
+    """The engine of the other kind, carrying what the caller configured on ``engine``."""
+    url = engine.url
+    backend, source = url.get_backend_name(), engine.dialect.driver
+    try:
+        settings = read_settings(engine)
+    except UnreadableEngineError as exc:
+        problem = f"its configuration cannot be read from this SQLAlchemy release ({exc})"
+        raise _pair_needed(engine, to_async=to_async, problem=problem) from exc
+    twins = _ASYNC_TWIN if to_async else _SYNC_TWIN
+    if needs_family(settings, url) or settings.creator is not None:
+        target = SAME_FAMILY.get(source)
+    else:
+        target = twins.get(source)
+    if target is None:
+        raise _unsupported(url)
+    try:
+        carried = carry(engine, settings, source, target, to_async=to_async)
+    except UncarriableError as exc:
+        problem = f"its {exc.setting} cannot be carried to {target} ({exc.reason})"
+        raise _pair_needed(engine, to_async=to_async, problem=problem) from exc
+    twin_url = url.set(drivername=f"{backend}+{target}")
+    if backend in ("mysql", "mariadb") and "charset" not in url.query:
+        twin_url = twin_url.update_query_dict({"charset": "utf8mb4"})
+    options: dict[str, Any] = {"execution_options": carried.execution_options}
+    options.update(carried.options)
+    if to_async:
+        return _create(twin_url, create_async_engine, **options)
+    return _create(twin_url, create_engine, **options)
+
+
+def _has_creator(engine: AsyncEngine | Engine) -> bool:
+    sync = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+    try:
+        settings = read_settings(sync)
+    except UnreadableEngineError:
+        return False
+    return settings.creator is not None or settings.async_creator is not None
+
+
 def resolve_engines(
     engine: str | URL | AsyncEngine | Engine, sync_engine: Engine | None
 ) -> EnginePair:
-    """Build the engine pair for what the caller passed, validating it."""
+    """Build the engine pair for what the caller passed, validating it.
+
+    Whether both engines reach the same table is checked at first use (``_identity``):
+    URLs cannot tell (two host names of one server, a creator, a search_path).
+    """
     if sync_engine is not None and not isinstance(sync_engine, Engine):
         msg = (
             f"sync_engine must be a sqlalchemy.Engine on a sync driver, got "
@@ -249,37 +331,32 @@ def resolve_engines(
         )
         raise ConfigurationError(msg)
 
-    if _is_in_memory_sqlite(given_url):
-        raise ConfigurationError(f"{safe_url(given_url)}: {_IN_MEMORY_HELP}")
     check_dialect(given_url.get_backend_name())
+    # An engine's creator picks the file itself: the identity check sees which.
+    creator = not isinstance(engine, (str, URL)) and _has_creator(engine)
+    if _is_in_memory_sqlite(given_url) and not creator:
+        raise ConfigurationError(f"{safe_url(given_url)}: {IN_MEMORY_HELP}")
     if sync_engine is not None:
         check_dialect(sync_engine.dialect.name)
-        if not _same_database(given_url, sync_engine.url):
-            msg = (
-                "engine and sync_engine point at different databases "
-                f"({safe_url(given_url)} vs {safe_url(sync_engine.url)}): "
-                "the async and sync calls would see different caches; pass two engines "
-                "for the same database, or only one and let the cache derive the other"
-            )
-            raise ConfigurationError(msg)
 
-    given_sync = engine if isinstance(engine, Engine) else sync_engine
-    # An explicit pair needs no twin table: any drivers the caller chose will do.
-    explicit = isinstance(engine, AsyncEngine) and given_sync is not None
-    async_url, sync_url = (given_url, given_url) if explicit else _twin_urls(given_url)
-    check_hosts(async_url, sync_url if given_sync is None else given_sync.url)
-    if isinstance(engine, AsyncEngine) and given_sync is not None:
-        return EnginePair(_autocommit_async(engine), _autocommit_sync(given_sync))
-
-    owned: list[AsyncEngine | Engine] = []
     if isinstance(engine, AsyncEngine):
-        async_engine = _autocommit_async(engine)
-    else:
-        async_engine = _create(async_url, create_async_engine)
-        owned.append(async_engine)
-    if given_sync is not None:
-        sync = _autocommit_sync(given_sync)
-    else:
-        sync = _create(sync_url, create_engine)
-        owned.append(sync)
-    return EnginePair(async_engine, sync, owned)
+        if sync_engine is not None:
+            # An explicit pair: any drivers the caller chose will do.
+            pair = EnginePair(_autocommit_async(engine), _autocommit_sync(sync_engine))
+            check_hosts(pair.async_engine.url, pair.sync_engine.url)
+            return pair
+        derived_sync = _derive(engine.sync_engine, to_async=False)
+        assert isinstance(derived_sync, Engine)
+        check_hosts(engine.url, derived_sync.url)
+        return EnginePair(_autocommit_async(engine), derived_sync, [derived_sync])
+    if isinstance(engine, Engine):
+        derived_async = _derive(engine, to_async=True)
+        assert isinstance(derived_async, AsyncEngine)
+        check_hosts(derived_async.url, engine.url)
+        return EnginePair(derived_async, _autocommit_sync(engine), [derived_async])
+
+    async_url, sync_url = _twin_urls(given_url)
+    check_hosts(async_url, sync_url)
+    async_engine = _create(async_url, create_async_engine)
+    sync = _create(sync_url, create_engine)
+    return EnginePair(async_engine, sync, [async_engine, sync])

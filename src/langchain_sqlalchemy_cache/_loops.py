@@ -19,7 +19,30 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import Engine, event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ._errors import ConfigurationError
+
 T = TypeVar("T")
+
+NOT_ASYNCIO = (
+    "the cache's async methods need an asyncio event loop (its async drivers are asyncio "
+    "libraries), and none is running here: under trio, or anyio on its trio backend, "
+    "call the sync methods in a worker thread instead, e.g. "
+    "await trio.to_thread.run_sync(cache.lookup, prompt, llm_string) or "
+    "anyio.to_thread.run_sync(...), or run anyio on its asyncio backend"
+)
+
+
+def require_asyncio() -> asyncio.AbstractEventLoop:
+    """The running asyncio loop.
+
+    Raises:
+        ConfigurationError: No asyncio loop runs (trio, or no loop at all): without this,
+            every call would become a logged miss.
+    """
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        raise ConfigurationError(NOT_ASYNCIO) from None
 
 
 class PerLoop(Generic[T]):
@@ -48,7 +71,7 @@ class PerLoop(Generic[T]):
         return item
 
 
-def _clone(base: AsyncEngine) -> AsyncEngine:
+def clone_engine(base: AsyncEngine) -> AsyncEngine:
     """The same engine (dialect, URL, options, event listeners) on a pool of its own."""
     sync = base.sync_engine
     # An engine made by execution_options() proxies its parent's pool; clone the parent.
@@ -219,7 +242,7 @@ class LoopEngines:
                 return self.base
             clone = self._clones.get(loop)
             if clone is None:
-                clone = self._clones[loop] = _clone(self.base)
+                clone = self._clones[loop] = clone_engine(self.base)
                 self._loop_ends[loop] = _until_loop_end(clone, self._workers)
             return clone
 

@@ -33,7 +33,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ._async_io import AsyncExecutor
 from ._engines import EnginePair, resolve_engines
 from ._errors import ConfigurationError
+from ._identity import PairCheck
 from ._loops import LoopEngines, drop_pool
+from ._secrets import safe_url
 from ._statements import Statements
 from ._sync_io import SyncExecutor
 from ._table import TableReadiness
@@ -97,13 +99,14 @@ def _standby(replica: object, dialect: str, table: Table) -> _Standby:
     # The primary creates the table; a standby gets it by replication, never creates it.
     readiness = TableReadiness(create=False)
     readiness.ready = True
-    loop_engines = LoopEngines(engines.async_engine)
+    loop_engines = LoopEngines(engines.async_engine, owned=engines.async_engine in engines.owned)
+    pair = PairCheck(table, engines.sync_engine, engines.async_engine, readiness.loop_owner)
     return _Standby(
-        label=engines.sync_engine.url.render_as_string(hide_password=True),
+        label=safe_url(engines.sync_engine.url),
         engines=engines,
         loop_engines=loop_engines,
-        async_io=AsyncExecutor(loop_engines, table, readiness),
-        sync_io=SyncExecutor(engines.sync_engine, table, readiness),
+        async_io=AsyncExecutor(loop_engines, table, readiness, pair),
+        sync_io=SyncExecutor(engines.sync_engine, table, readiness, pair),
     )
 
 

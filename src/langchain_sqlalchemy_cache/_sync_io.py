@@ -11,6 +11,7 @@ from sqlalchemy import Engine, Executable, Row, Table
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import sessionmaker
 
+from ._identity import PairCheck
 from ._retry import retry_delay
 from ._statements import Params, batch_transaction
 from ._table import TableReadiness, prepare_table
@@ -19,19 +20,25 @@ from ._table import TableReadiness, prepare_table
 class SyncExecutor:
     """Runs statements through short-lived ``Session``s on the paired sync Engine."""
 
-    def __init__(self, engine: Engine, table: Table, readiness: TableReadiness) -> None:
+    def __init__(
+        self, engine: Engine, table: Table, readiness: TableReadiness, pair: PairCheck
+    ) -> None:
         self._engine = engine
         self._table = table
         self._readiness = readiness
+        self._pair = pair
         self._sessions = sessionmaker(engine)
 
     def _ensure_table(self) -> None:
-        if self._readiness.ready:
+        if self._pair.sync_checked() and self._readiness.ready:
             return
         with self._readiness.thread_lock:
-            if not self._readiness.ready:
+            if not (self._pair.sync_checked() and self._readiness.ready):
                 with self._engine.connect() as connection:
-                    prepare_table(connection, self._table, create=self._readiness.create)
+                    # Which table this side reaches, before creating any.
+                    self._pair.check_sync(connection)
+                    if not self._readiness.ready:
+                        prepare_table(connection, self._table, create=self._readiness.create)
                 self._readiness.ready = True
 
     def _run(

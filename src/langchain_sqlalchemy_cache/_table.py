@@ -42,15 +42,16 @@ def prepare_table(connection: Connection, table: Table, *, create: bool) -> None
         MissingTableError: ``create`` is False and the table does not exist.
         ConfigurationError: The table exists with other columns.
     """
+    schema = connection.schema_for_object(table)  # a schema_translate_map applied
     if create:
-        _create_table(connection, table)
-    elif not inspect(connection).has_table(table.name, schema=table.schema):
+        _create_table(connection, table, schema)
+    elif not inspect(connection).has_table(table.name, schema=schema):
         msg = (
             f"the table {table.name!r} does not exist in {safe_url(connection.engine.url)}: "
             "create it with your migrations (see cache_table()) or pass create_table=True"
         )
         raise MissingTableError(msg)
-    found = {column["name"] for column in inspect(connection).get_columns(table.name, table.schema)}
+    found = {column["name"] for column in inspect(connection).get_columns(table.name, schema)}
     missing = [column.name for column in table.columns if column.name not in found]
     if missing:
         msg = (
@@ -74,8 +75,8 @@ def _transaction(connection: Connection) -> Iterator[None]:
         connection.execution_options(isolation_level="AUTOCOMMIT")
 
 
-def _create_table(connection: Connection, table: Table) -> None:
-    if inspect(connection).has_table(table.name, schema=table.schema):
+def _create_table(connection: Connection, table: Table, schema: str | None) -> None:
+    if inspect(connection).has_table(table.name, schema=schema):
         return
     try:
         with _transaction(connection):
@@ -83,14 +84,15 @@ def _create_table(connection: Connection, table: Table) -> None:
     except DBAPIError:
         # PostgreSQL can fail two concurrent creators of one table with a unique
         # violation in its catalog; the loser only needs the table to exist.
-        if not inspect(connection).has_table(table.name, schema=table.schema):
+        if not inspect(connection).has_table(table.name, schema=schema):
             raise
 
 
 def _missing_indexes(connection: Connection, table: Table) -> list[Index]:
+    schema = connection.schema_for_object(table)
     found = {
         tuple(index["column_names"])
-        for index in inspect(connection).get_indexes(table.name, schema=table.schema)
+        for index in inspect(connection).get_indexes(table.name, schema=schema)
     }
     return [index for index in table.indexes if tuple(c.name for c in index.columns) not in found]
 

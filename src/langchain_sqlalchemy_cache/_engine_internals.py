@@ -1,0 +1,152 @@
+"""What ``create_engine`` was given, read back from an engine.
+
+Deriving the twin of a caller's engine needs the ``connect_args``, ``creator`` and pool
+settings the caller configured. SQLAlchemy has no public API that returns them:
+``connect_args`` survive only inside the closure of the ``connect`` function that
+``create_engine`` hands to the pool, and the creator and pool settings only in private
+attributes of the pool (``Pool.recreate()`` reads the same ones). Every use of those
+internals is in this module, each checked, so a SQLAlchemy release that moves them makes
+pairing refuse with a request for an explicit engine pair instead of guessing.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.pool import AsyncAdaptedQueuePool, NullPool, Pool, QueuePool
+
+
+class UnreadableEngineError(LookupError):
+    """The engine's configuration is not where this SQLAlchemy release was expected to keep it."""
+
+
+@dataclass
+class EngineSettings:
+    """What the caller configured on an engine, beyond its URL.
+
+    Attributes:
+        connect_args: The ``connect_args`` given to ``create_engine`` (the keyword
+            arguments that the URL itself did not produce).
+        creator: A ``creator`` (sync) the caller gave instead of the URL, or None.
+        async_creator: An ``async_creator`` given to ``create_async_engine``, or None.
+        do_connect: The engine has ``do_connect`` event hooks, which rewrite the
+            connection arguments at each connect.
+        pool_class: The pool's class.
+        pool_options: ``create_engine`` keyword arguments that rebuild the pool's
+            settings (``pool_size``, ``max_overflow``, ``pool_timeout``, ``pool_recycle``,
+            ``pool_pre_ping``, ``pool_use_lifo``).
+    """
+
+    connect_args: dict[str, Any] = field(default_factory=dict)
+    creator: Callable[[], Any] | None = None
+    async_creator: Callable[[], Any] | None = None
+    do_connect: bool = False
+    pool_class: type[Pool] = QueuePool
+    pool_options: dict[str, Any] = field(default_factory=dict)
+
+
+def _closure(function: Any) -> dict[str, Any]:
+    code = getattr(function, "__code__", None)
+    cells = getattr(function, "__closure__", None) or ()
+    if code is None or len(cells) != len(code.co_freevars):
+        return {}
+    return {name: cell.cell_contents for name, cell in zip(code.co_freevars, cells, strict=True)}
+
+
+def _is_sqlalchemy_function(function: Any, qualname: str) -> bool:
+    module = getattr(function, "__module__", "") or ""
+    return module.startswith("sqlalchemy.") and getattr(function, "__qualname__", "") == qualname
+
+
+def _zero_argument(creator: Any) -> Callable[[], Any]:
+    try:
+        parameters = inspect.signature(creator).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: called as is
+        return creator  # type: ignore[no-any-return]
+    required = [
+        p
+        for p in parameters
+        if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    if required:
+        # The creator(connection_record) form: it depends on the sync pool's records.
+        msg = "creator takes a connection record"
+        raise UnreadableEngineError(msg)
+    return creator  # type: ignore[no-any-return]
+
+
+def _pool_options(pool: Pool) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    try:
+        options["pool_recycle"] = pool._recycle
+        options["pool_pre_ping"] = pool._pre_ping
+        if isinstance(pool, QueuePool):  # AsyncAdaptedQueuePool is one too
+            options["pool_size"] = pool.size()
+            options["pool_timeout"] = pool.timeout()
+            options["max_overflow"] = pool._max_overflow
+            options["pool_use_lifo"] = pool._pool.use_lifo
+    except AttributeError as exc:
+        msg = f"the pool keeps its settings elsewhere ({exc})"
+        raise UnreadableEngineError(msg) from exc
+    return options
+
+
+def read_settings(engine: Engine) -> EngineSettings:
+    """Read what ``engine`` was created with (for an AsyncEngine, pass its ``sync_engine``).
+
+    Raises:
+        UnreadableEngineError: The settings cannot be read reliably.
+    """
+    pool = engine.pool
+    creator = getattr(pool, "_creator", None)
+    if creator is None:
+        msg = "the pool keeps its creator elsewhere"
+        raise UnreadableEngineError(msg)
+    settings = EngineSettings(
+        pool_class=type(pool),
+        pool_options=_pool_options(pool),
+        do_connect=bool(getattr(engine.dialect.dispatch, "do_connect", ())),
+    )
+    if _is_sqlalchemy_function(creator, "create_async_engine.<locals>.creator"):
+        settings.async_creator = _closure(creator).get("async_creator")
+        if settings.async_creator is None:
+            msg = "create_async_engine's creator keeps its async_creator elsewhere"
+            raise UnreadableEngineError(msg)
+        return settings
+    if not _is_sqlalchemy_function(creator, "create_engine.<locals>.connect"):
+        settings.creator = _zero_argument(creator)
+        return settings
+    cells = _closure(creator)
+    cparams = cells.get("cparams")
+    if not isinstance(cparams, dict):
+        msg = "create_engine's connect function keeps its connect_args elsewhere"
+        raise UnreadableEngineError(msg)
+    # The URL's own arguments are recomputed and left out; what remains was given.
+    _, from_url = engine.dialect.create_connect_args(engine.url)
+    settings.connect_args = {
+        key: value
+        for key, value in cparams.items()
+        if key not in from_url or from_url[key] != value
+    }
+    return settings
+
+
+# Pool classes with a twin on the other side; any other class was chosen by the caller
+# for a reason the other driver may not share.
+_SYNC_POOL_TWIN: dict[type[Pool], type[Pool]] = {
+    QueuePool: AsyncAdaptedQueuePool,
+    NullPool: NullPool,
+}
+_ASYNC_POOL_TWIN: dict[type[Pool], type[Pool]] = {
+    AsyncAdaptedQueuePool: QueuePool,
+    NullPool: NullPool,
+}
+
+
+def pool_twin(pool_class: type[Pool], *, to_async: bool) -> type[Pool] | None:
+    """The pool class for the other side, or None if ``pool_class`` has no twin."""
+    return (_SYNC_POOL_TWIN if to_async else _ASYNC_POOL_TWIN).get(pool_class)
