@@ -151,7 +151,8 @@ def test_sync_and_async_share_one_table(cache: SQLAlchemyCache) -> None:
     async def write_then_read() -> Any:
         await cache.aupdate("p", LLM, [Generation(text="from async")])
         result = await cache.alookup("q", LLM)
-        await cache.aclose()
+        # The loop's connections go with it; aclose() would end the cache for good.
+        await cache.async_engine.dispose()
         return result
 
     cache.update("q", LLM, [Generation(text="from sync")])

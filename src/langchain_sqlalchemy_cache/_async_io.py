@@ -9,24 +9,21 @@ from typing import Any
 
 from sqlalchemy import Executable, Row, Table
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from ._loops import LoopEngines, PerLoop
+from ._deadline import discard
+from ._loops import LoopEngines
 from ._retry import retry_delay
 from ._statements import Params
 from ._table import TableReadiness, prepare_table
 
 
 class AsyncExecutor:
-    """Runs statements through short-lived ``AsyncSession``s: real async I/O, no threads."""
+    """Runs statements on pooled ``AsyncConnection``s: real async I/O, no threads."""
 
     def __init__(self, engines: LoopEngines, table: Table, readiness: TableReadiness) -> None:
         self._engines = engines
         self._table = table
         self._readiness = readiness
-        self._sessionmakers: PerLoop[async_sessionmaker[AsyncSession]] = PerLoop(
-            lambda: async_sessionmaker(engines.get())
-        )
 
     async def _ensure_table(self) -> None:
         if self._readiness.ready:
@@ -44,9 +41,13 @@ class AsyncExecutor:
                 try:
                     if not self._readiness.ready:
                         async with self._engines.get().connect() as connection:
-                            await connection.run_sync(
-                                prepare_table, self._table, create=self._readiness.create
-                            )
+                            try:
+                                await connection.run_sync(
+                                    prepare_table, self._table, create=self._readiness.create
+                                )
+                            except asyncio.CancelledError:
+                                discard(connection)
+                                raise
                         self._readiness.ready = True
                 finally:
                     self._readiness.loop_owner.release()
@@ -55,11 +56,16 @@ class AsyncExecutor:
         self, statement: Executable, params: Params | None, *, rows: bool
     ) -> tuple[Sequence[Row[Any]], int]:
         await self._ensure_table()
-        sessions = self._sessionmakers.get()
+        engine = self._engines.get()
         for attempt in itertools.count(1):
             try:
-                async with sessions() as session:
-                    result = await session.execute(statement, params)
+                async with engine.connect() as connection:
+                    try:
+                        result = await connection.execute(statement, params)
+                    except asyncio.CancelledError:
+                        # Cut off mid-statement (a deadline): its reply may still come.
+                        discard(connection)
+                        raise
                     if rows:
                         return result.all(), -1
                     return (), int(getattr(result, "rowcount", -1))

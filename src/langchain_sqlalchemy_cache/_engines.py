@@ -17,6 +17,7 @@ from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from ._deadline import limit_created_engine, sync_engine_options
 from ._errors import ConfigurationError
 from ._retry import MYSQL_PACKET_TOO_LARGE, mysql_error_code
 from ._statements import check_dialect
@@ -191,7 +192,7 @@ def _mysql_closed_connection(context: ExceptionContext) -> None:
         context.is_disconnect = True
 
 
-def _create(url: URL, factory: Callable[..., _E]) -> _E:
+def _create(url: URL, factory: Callable[..., _E], **options: Any) -> _E:
     # AUTOCOMMIT: every cache statement is a single atomic statement, so the
     # BEGIN/COMMIT round trips around it would buy nothing.
     try:
@@ -203,6 +204,7 @@ def _create(url: URL, factory: Callable[..., _E]) -> _E:
             isolation_level="AUTOCOMMIT",
             pool_reset_on_return=None,
             skip_autocommit_rollback=True,
+            **options,
         )
     except (ImportError, NoSuchModuleError) as exc:
         driver = url.drivername.partition("+")[2]
@@ -230,9 +232,14 @@ def _autocommit_sync(engine: Engine) -> Engine:
 
 
 def resolve_engines(
-    engine: str | URL | AsyncEngine | Engine, sync_engine: Engine | None
+    engine: str | URL | AsyncEngine | Engine,
+    sync_engine: Engine | None,
+    timeout: float | None = None,
 ) -> EnginePair:
-    """Build the engine pair for what the caller passed, validating it."""
+    """Build the engine pair for what the caller passed, validating it.
+
+    A sync engine the cache creates gets driver limits for ``timeout`` (seconds).
+    """
     if sync_engine is not None and not isinstance(sync_engine, Engine):
         msg = (
             f"sync_engine must be a sqlalchemy.Engine on a sync driver, got "
@@ -288,6 +295,7 @@ def resolve_engines(
     if given_sync is not None:
         sync = _autocommit_sync(given_sync)
     else:
-        sync = _create(sync_url, create_engine)
+        sync = _create(sync_url, create_engine, **sync_engine_options(sync_url, timeout))
+        limit_created_engine(sync, timeout)
         owned.append(sync)
     return EnginePair(async_engine, sync, owned)

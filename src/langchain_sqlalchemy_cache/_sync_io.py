@@ -11,6 +11,7 @@ from sqlalchemy import Engine, Executable, Row, Table
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import sessionmaker
 
+from ._deadline import deadline_passed
 from ._retry import retry_delay
 from ._statements import Params
 from ._table import TableReadiness, prepare_table
@@ -47,7 +48,7 @@ class SyncExecutor:
                     return (), int(getattr(result, "rowcount", -1))
             except DBAPIError as exc:
                 delay = retry_delay(exc, attempt)  # a dropped connection, a deadlock
-                if delay is None:
+                if delay is None or deadline_passed():
                     raise
                 time.sleep(delay)
         raise AssertionError("unreachable")

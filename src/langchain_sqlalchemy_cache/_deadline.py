@@ -1,0 +1,335 @@
+"""Deadlines: every cache call ends within its time, whatever the database does.
+
+Async calls run under ``asyncio.timeout``; a statement cut off by it leaves its
+connection mid-protocol, so that connection is terminated, never pooled again.
+
+A sync call blocks its thread in the driver, where no timeout of Python's reaches it:
+a server that acknowledges packets but never answers keeps ``recv`` waiting for ever
+(TCP keepalives and ``tcp_user_timeout`` only notice a peer that stops acknowledging).
+So a watchdog thread watches every statement of the sync engine and, at the call's
+deadline, shuts the connection's socket down (``sqlite3``: interrupts it). The driver's
+read then fails at once as a lost connection, which SQLAlchemy invalidates. Waiting for
+a pooled connection and connecting are bounded by the pool's and the driver's own
+timeouts, which the cache sets on the engines it creates (``sync_engine_options``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import socket
+import threading
+import time
+from contextvars import ContextVar
+from datetime import timedelta
+from types import TracebackType
+from typing import Any
+
+from sqlalchemy import URL, Connection, Engine, event
+from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ._errors import ConfigurationError
+
+DEFAULT_TIMEOUT = 2.0
+# Maintenance statements (clear, purge, trim, table stats) may scan a big table.
+DEFAULT_MAINTENANCE_TIMEOUT = 300.0
+# libpq (and psycopg) raise a connect_timeout below 2 s to 2 s.
+_PSYCOPG_MIN_CONNECT_TIMEOUT = 2
+
+
+def positive_seconds(name: str, value: object) -> float:
+    """A positive duration given as seconds or a ``timedelta``, in seconds.
+
+    Raises:
+        ConfigurationError: It is not one.
+    """
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+        msg = f"{name} must be a positive number of seconds or a timedelta, got {value!r}"
+        raise ConfigurationError(msg)
+    if not math.isfinite(seconds):
+        msg = f"{name} must be finite; pass None for no deadline, got {value!r}"
+        raise ConfigurationError(msg)
+    return float(seconds)
+
+
+def optional_seconds(name: str, value: object) -> float | None:
+    """``positive_seconds``, or None for None (no deadline)."""
+    return None if value is None else positive_seconds(name, value)
+
+
+def timeout_error(seconds: float) -> TimeoutError:
+    """The error of a call that hit its deadline."""
+    return TimeoutError(f"no answer from the database within {seconds:g}s")
+
+
+# The async side.
+
+
+class AsyncDeadline:
+    """``async with``: ``asyncio.timeout(seconds)`` raising a ``TimeoutError`` that says so."""
+
+    __slots__ = ("_seconds", "_timeout")
+
+    def __init__(self, seconds: float | None) -> None:
+        self._seconds = seconds
+        self._timeout = asyncio.timeout(seconds)
+
+    async def __aenter__(self) -> None:
+        await self._timeout.__aenter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            await self._timeout.__aexit__(exc_type, exc, tb)
+        except TimeoutError:
+            if self._timeout.expired() and self._seconds is not None:
+                raise timeout_error(self._seconds) from None
+            raise
+
+
+def discard(connection: AsyncConnection) -> None:
+    """Terminate ``connection`` now, without I/O: its statement was cut off midway.
+
+    Outside SQLAlchemy's greenlet, invalidation closes the driver's connection by
+    force (no polite goodbye that a frozen server would never answer), and the pool
+    forgets it: the next checkout opens a fresh one.
+    """
+    sync = connection.sync_connection
+    if sync is not None:
+        with contextlib.suppress(Exception):
+            sync.invalidate()
+
+
+# The sync side.
+
+_DEADLINE: ContextVar[tuple[float, float] | None] = ContextVar("lsc_deadline", default=None)
+_WATCH: ContextVar[_Watch | None] = ContextVar("lsc_watch", default=None)
+
+
+class SyncDeadline:
+    """``with``: the statements of this thread's block end by ``seconds`` from now.
+
+    An error raised after the deadline passed is reported as the ``TimeoutError`` it
+    amounts to (chained to the driver's error).
+    """
+
+    __slots__ = ("_seconds", "_token")
+
+    def __init__(self, seconds: float | None) -> None:
+        self._seconds = seconds
+
+    def __enter__(self) -> None:
+        seconds = self._seconds
+        self._token = _DEADLINE.set(
+            None if seconds is None else (time.monotonic() + seconds, seconds)
+        )
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        passed = deadline_passed()
+        _DEADLINE.reset(self._token)
+        _disarm()  # a statement the driver never reported back on must not stay watched
+        if (
+            self._seconds is not None
+            and passed
+            and isinstance(exc, Exception)
+            and not isinstance(exc, TimeoutError)
+        ):
+            raise timeout_error(self._seconds) from exc
+
+
+def deadline_passed() -> bool:
+    """Whether the deadline of this thread's current call has passed (never if none)."""
+    current = _DEADLINE.get()
+    return current is not None and time.monotonic() >= current[0]
+
+
+class _Watch:
+    __slots__ = ("connection", "deadline", "fired")
+
+    def __init__(self, connection: Any, deadline: float) -> None:
+        self.connection = connection
+        self.deadline = deadline
+        self.fired = False
+
+
+def abort(dbapi_connection: Any) -> None:
+    """Make a thread blocked on ``dbapi_connection`` return at once, with an error."""
+    interrupt = getattr(dbapi_connection, "interrupt", None)
+    if callable(interrupt):  # sqlite3
+        interrupt()
+        return
+    fd = _socket_fd(dbapi_connection)
+    if fd is None:
+        return
+    # shutdown() acts on the socket, not the descriptor: a duplicate reaches the
+    # driver's socket without closing the descriptor it still owns.
+    with socket.socket(fileno=os.dup(fd)) as duplicate:
+        duplicate.shutdown(socket.SHUT_RDWR)
+
+
+def _socket_fd(dbapi_connection: Any) -> int | None:
+    """The descriptor of the driver's socket: psycopg 3, PyMySQL, psycopg2."""
+    for path in (("pgconn", "socket"), ("_sock", "fileno"), ("fileno",)):
+        try:
+            target = dbapi_connection
+            for name in path:
+                target = getattr(target, name)
+            fd = target() if callable(target) else target
+        except Exception:
+            continue
+        if isinstance(fd, int) and fd >= 0:
+            return fd
+    return None
+
+
+class Watchdog:
+    """One thread that aborts the connections of sync statements past their deadline.
+
+    Arming and disarming take a lock and touch a dict: the thread sleeps until the
+    earliest deadline and is woken only when a new one comes sooner.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._watches: dict[int, _Watch] = {}
+        self._wake_at = math.inf
+        self._thread: threading.Thread | None = None
+
+    def arm(self, connection: Any, deadline: float) -> _Watch:
+        """Watch ``connection`` until ``disarm``; abort it at ``deadline`` (monotonic)."""
+        watch = _Watch(connection, deadline)
+        with self._cond:
+            self._watches[id(watch)] = watch
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="langchain-sqlalchemy-cache-watchdog", daemon=True
+                )
+                self._thread.start()
+            if deadline < self._wake_at:
+                self._cond.notify()
+        return watch
+
+    def disarm(self, watch: _Watch) -> bool:
+        """Stop watching; return whether the watchdog aborted the connection."""
+        with self._cond:
+            self._watches.pop(id(watch), None)
+            return watch.fired
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                for watch in [w for w in self._watches.values() if w.deadline <= now]:
+                    del self._watches[id(watch)]
+                    watch.fired = True
+                    # Under the lock: the statement's thread cannot disarm and hand the
+                    # connection back to the pool while it is being aborted.
+                    with contextlib.suppress(Exception):
+                        abort(watch.connection)
+                self._wake_at = min((w.deadline for w in self._watches.values()), default=math.inf)
+                self._cond.wait(None if self._wake_at == math.inf else self._wake_at - now)
+
+
+WATCHDOG = Watchdog()
+
+
+def _new_watchdog_in_child() -> None:
+    global WATCHDOG  # the parent's thread does not exist in a forked child
+    WATCHDOG = Watchdog()
+
+
+os.register_at_fork(after_in_child=_new_watchdog_in_child)
+
+
+def _before_cursor_execute(connection: Connection, *_: Any) -> None:
+    current = _DEADLINE.get()
+    if current is None:
+        return
+    deadline, seconds = current
+    if time.monotonic() >= deadline:
+        raise timeout_error(seconds)  # nothing sent yet: the connection stays clean
+    _disarm()
+    _WATCH.set(WATCHDOG.arm(connection.connection.dbapi_connection, deadline))
+
+
+def _disarm() -> bool:
+    watch = _WATCH.get()
+    if watch is None:
+        return False
+    _WATCH.set(None)
+    return WATCHDOG.disarm(watch)
+
+
+def _after_cursor_execute(connection: Connection, *_: Any) -> None:
+    if _disarm():
+        # Its statement finished as the socket was shut: the connection is unusable.
+        connection.invalidate()
+        current = _DEADLINE.get()
+        raise timeout_error(current[1] if current else 0.0)
+
+
+def _handle_error(context: ExceptionContext) -> None:
+    if _disarm():
+        context.is_disconnect = True  # aborted by the watchdog: never pooled again
+
+
+def watch_sync_engine(engine: Engine) -> None:
+    """Bound every statement ``engine`` runs inside a ``SyncDeadline`` block."""
+    if not event.contains(engine, "before_cursor_execute", _before_cursor_execute):
+        event.listen(engine, "before_cursor_execute", _before_cursor_execute)
+        event.listen(engine, "after_cursor_execute", _after_cursor_execute)
+        event.listen(engine, "handle_error", _handle_error)
+
+
+def _pymysql_unbounded_reads(dbapi_connection: Any, _record: Any) -> None:
+    # read_timeout bounded the greeting and login; from here on the watchdog bounds
+    # each call by its own deadline, so a maintenance statement may run longer than a
+    # lookup's limit. PyMySQL reads these attributes before every socket operation.
+    for name in ("_read_timeout", "_write_timeout"):
+        if hasattr(dbapi_connection, name):
+            setattr(dbapi_connection, name, None)
+
+
+def limit_created_engine(engine: Engine, timeout: float | None) -> None:
+    """What ``sync_engine_options`` needs once the engine exists."""
+    if timeout is not None and engine.dialect.driver == "pymysql":
+        event.listen(engine, "connect", _pymysql_unbounded_reads)
+
+
+def sync_engine_options(url: URL, timeout: float | None) -> dict[str, Any]:
+    """``create_engine`` options that bound waiting for and opening a sync connection.
+
+    Settings the URL already carries win.
+    """
+    if timeout is None:
+        return {}
+    backend = url.get_backend_name()
+    driver = url.drivername.partition("+")[2]
+    connect: dict[str, Any] = {}
+    if backend == "postgresql" and driver in ("psycopg", "psycopg2"):
+        connect["connect_timeout"] = max(_PSYCOPG_MIN_CONNECT_TIMEOUT, math.ceil(timeout))
+    elif backend in ("mysql", "mariadb") and driver == "pymysql":
+        # PyMySQL reads the server's greeting with no limit but read_timeout; it is
+        # lifted once connected (limit_created_engine).
+        connect.update(connect_timeout=timeout, read_timeout=timeout, write_timeout=timeout)
+    elif backend in ("mysql", "mariadb") and driver == "mysqldb":
+        connect["connect_timeout"] = max(1, math.ceil(timeout))
+    options: dict[str, Any] = {}
+    connect = {key: value for key, value in connect.items() if key not in url.query}
+    if connect:
+        options["connect_args"] = connect
+    options["pool_timeout"] = timeout
+    return options
