@@ -2,6 +2,7 @@
 
 from ._cache import SQLAlchemyCache
 from ._errors import CacheError, ConfigurationError
+from ._health import Health
 from ._schema import cache_table
 from ._sqlite import SQLiteCache
 from ._stats import CacheStats, ModelEntries, TableStats
@@ -10,6 +11,7 @@ __all__ = [
     "CacheError",
     "CacheStats",
     "ConfigurationError",
+    "Health",
     "ModelEntries",
     "SQLAlchemyCache",
     "SQLiteCache",

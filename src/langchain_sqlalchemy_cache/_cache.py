@@ -74,8 +74,8 @@ def _clear_filters(kwargs: dict[str, Any]) -> tuple[str | None, float | None]:
     return model, cutoff
 
 
-def _first_payload(rows: Sequence[Row[Any]]) -> RETURN_VAL_TYPE | None:
-    return decode_generations(rows[0].payload) if rows else None
+def _first_payload(rows: Sequence[Row[Any]], log: RateLimitedLog) -> RETURN_VAL_TYPE | None:
+    return decode_generations(rows[0].payload, log) if rows else None
 
 
 def _table_stats(
@@ -360,7 +360,7 @@ class SQLAlchemyCache(BaseCache):
         with self._policy.guard("lookup"):
             with SyncDeadline(self._timeout):
                 rows = self._sync.fetch(self._sql.lookup, params)
-            result = _first_payload(rows)
+            result = _first_payload(rows, self._skipped_log)
             self._counters.lookup(hit=result is not None, seconds=perf_counter() - start)
             return result
         return None
@@ -524,7 +524,7 @@ class SQLAlchemyCache(BaseCache):
         with self._policy.guard("lookup"):
             async with AsyncDeadline(self._timeout):
                 payload = await self._lookups.submit(key)
-            result = None if payload is None else decode_generations(payload)
+            result = None if payload is None else decode_generations(payload, self._skipped_log)
             self._counters.lookup(hit=result is not None, seconds=perf_counter() - start)
             return result
         return None

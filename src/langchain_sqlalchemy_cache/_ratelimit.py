@@ -34,7 +34,3 @@ class RateLimitedLog:
             held = self._held.pop(topic, 0)
         suffix = f" ({held} more since the last report)" if held else ""
         logger.warning(message + "%s", *args, suffix)
-
-
-# Process-wide: a row is unreadable for every cache object that reads it.
-rows_log = RateLimitedLog()
