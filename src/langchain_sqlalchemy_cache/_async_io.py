@@ -46,7 +46,7 @@ class AsyncExecutor:
                                     prepare_table, self._table, create=self._readiness.create
                                 )
                             except asyncio.CancelledError:
-                                discard(connection)
+                                await discard(connection)
                                 raise
                         self._readiness.ready = True
                 finally:
@@ -64,7 +64,7 @@ class AsyncExecutor:
                         result = await connection.execute(statement, params)
                     except asyncio.CancelledError:
                         # Cut off mid-statement (a deadline): its reply may still come.
-                        discard(connection)
+                        await discard(connection)
                         raise
                     if rows:
                         return result.all(), -1

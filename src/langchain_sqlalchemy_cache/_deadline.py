@@ -95,17 +95,22 @@ class AsyncDeadline:
             raise
 
 
-def discard(connection: AsyncConnection) -> None:
-    """Terminate ``connection`` now, without I/O: its statement was cut off midway.
+async def discard(connection: AsyncConnection) -> None:
+    """Close ``connection`` for good: its statement was cut off midway.
 
-    Outside SQLAlchemy's greenlet, invalidation closes the driver's connection by
-    force (no polite goodbye that a frozen server would never answer), and the pool
-    forgets it: the next checkout opens a fresh one.
+    The pool forgets it; the next checkout opens a fresh one. Drivers with a
+    ``terminate`` (asyncpg, asyncmy, aiomysql, aiosqlite) are closed by force from
+    outside SQLAlchemy's greenlet, with no goodbye a frozen server would never
+    acknowledge; psycopg's async close sends its goodbye without waiting for a reply.
     """
     sync = connection.sync_connection
-    if sync is not None:
-        with contextlib.suppress(Exception):
+    if sync is None:
+        return
+    with contextlib.suppress(Exception):
+        if connection.dialect.has_terminate:
             sync.invalidate()
+        else:
+            await connection.invalidate()
 
 
 # The sync side.
