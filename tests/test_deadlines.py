@@ -47,7 +47,9 @@ def driver_url(driver: str, port: int) -> str:
 @pytest.mark.parametrize("driver", IDS)
 async def test_a_server_that_never_answers_costs_one_deadline_per_call(driver: str) -> None:
     with SilentServer() as server:
-        cache = SQLAlchemyCache(driver_url(driver, server.port), timeout=0.3, breaker_threshold=None)
+        cache = SQLAlchemyCache(
+            driver_url(driver, server.port), timeout=0.3, breaker_threshold=None
+        )
         assert await cache.alookup("p", LLM) is None
         await cache.aupdate("p", LLM, value("x"))
         results = await asyncio.gather(*(cache.alookup(f"p{i}", LLM) for i in range(50)))
@@ -110,9 +112,9 @@ async def test_a_server_frozen_with_the_pool_warm(
             proxy.freeze()
             assert await cache.alookup("a", LLM) is None
             # Many callers sharing batches: each gives up at its own deadline.
-            assert await asyncio.gather(*(cache.alookup("a", LLM) for _ in range(100))) == [
-                None
-            ] * 100
+            assert (
+                await asyncio.gather(*(cache.alookup("a", LLM) for _ in range(100))) == [None] * 100
+            )
             await cache.aupdate("b", LLM, value("b"))
             assert cache.lookup("s", LLM) is None  # the watchdog cut the socket
             cache.update("t", LLM, value("t"))

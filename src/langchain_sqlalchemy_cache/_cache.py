@@ -31,6 +31,7 @@ from ._deadline import (
     SyncDeadline,
     optional_seconds,
     positive_seconds,
+    watch_async_engine,
     watch_sync_engine,
 )
 from ._engines import EnginePair, resolve_engines
@@ -248,6 +249,7 @@ class SQLAlchemyCache(BaseCache):
         self._skipped_log = RateLimitedLog()
         self._engines: EnginePair = resolve_engines(engine, sync_engine, self._timeout)
         watch_sync_engine(self._engines.sync_engine)
+        watch_async_engine(self._engines.async_engine.sync_engine)
         self._table = cache_table(MetaData(), table_name, schema)
         self._ttl = None if ttl is None else positive_seconds("ttl", ttl)
         self._store_prompts = bool(store_prompts)

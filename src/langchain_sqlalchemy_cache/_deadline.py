@@ -20,6 +20,7 @@ import contextlib
 import math
 import os
 import socket
+import sqlite3
 import threading
 import time
 from contextvars import ContextVar
@@ -111,6 +112,29 @@ async def discard(connection: AsyncConnection) -> None:
             sync.invalidate()
         else:
             await connection.invalidate()
+
+
+def _interrupt_cancelled_sqlite(context: ExceptionContext) -> None:
+    # aiosqlite runs a statement in its own thread, which no cancellation reaches, and
+    # SQLAlchemy's close of the cancelled connection queues up behind it: a write
+    # waiting on a lock would still land after its caller gave up, even after newer
+    # writes. sqlite3's interrupt() is safe from any thread. Runs before SQLAlchemy
+    # invalidates the connection.
+    if not isinstance(context.original_exception, asyncio.CancelledError):
+        return
+    with contextlib.suppress(Exception):
+        driver = context.connection.connection.driver_connection  # type: ignore[union-attr]
+        inner = getattr(driver, "_conn", None)  # aiosqlite's sqlite3 connection
+        if isinstance(inner, sqlite3.Connection):
+            inner.interrupt()
+
+
+def watch_async_engine(engine: Engine) -> None:
+    """Make a cancelled statement on ``engine`` (the AsyncEngine's core) stop at once."""
+    if engine.dialect.name == "sqlite" and not event.contains(
+        engine, "handle_error", _interrupt_cancelled_sqlite
+    ):
+        event.listen(engine, "handle_error", _interrupt_cancelled_sqlite)
 
 
 # The sync side.
