@@ -107,6 +107,15 @@ def test_cli_check_on_dead_and_frozen_databases(capsys: pytest.CaptureFixture[st
     assert "TimeoutError" in capsys.readouterr().out
 
 
+def test_cli_check_creates_no_sqlite_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "typo.db"
+    assert main(["check", f"sqlite:///{missing}"]) == 1
+    assert "no SQLite database" in capsys.readouterr().out
+    assert not missing.exists()
+
+
 @asynccontextmanager
 async def serving(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     async with app.router.lifespan_context(app):

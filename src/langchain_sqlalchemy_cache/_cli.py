@@ -380,6 +380,11 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    database = _sqlite_file(args.url)
+    if database is not None and not os.path.exists(database):
+        # Connecting would create an empty database file under the mistyped name.
+        print(f"unhealthy: {_where(args)}: no SQLite database at {database!r}")
+        return 1
     cache = SQLAlchemyCache(
         args.url,
         table_name=args.table,
