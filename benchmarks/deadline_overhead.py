@@ -96,6 +96,47 @@ async def bench_backend(label: str, url: str, args: Any) -> list[str]:
     return rows
 
 
+async def _nothing() -> None:
+    return None
+
+
+async def wrapper_cost(rounds: int, calls: int = 100_000) -> list[str]:
+    """Microseconds per call of the deadline machinery alone, no database: the async
+    ``AsyncDeadline`` (plus one ``sleep(0)`` per call, in both columns), and the sync
+    ``SyncDeadline`` plus one watchdog arm/disarm (what one sync statement pays), each
+    with ``None`` and with 2 s, interleaved."""
+    from langchain_sqlalchemy_cache._deadline import WATCHDOG, AsyncDeadline, SyncDeadline
+
+    async def async_loop(seconds: float | None) -> float:
+        began = time.perf_counter()
+        for _ in range(calls):
+            async with AsyncDeadline(seconds):
+                await _nothing()
+            await asyncio.sleep(0)  # let the loop drop cancelled timers, as in real use
+        return (time.perf_counter() - began) / calls * 1e6
+
+    def sync_loop(seconds: float | None) -> float:
+        target = object()
+        began = time.perf_counter()
+        for _ in range(calls):
+            with SyncDeadline(seconds):
+                if seconds is not None:
+                    WATCHDOG.disarm(WATCHDOG.arm(target, time.monotonic() + seconds))
+        return (time.perf_counter() - began) / calls * 1e6
+
+    figures: dict[str, list[float]] = {}
+    for round_ in range(rounds):
+        order: list[float | None] = [None, 2.0] if round_ % 2 == 0 else [2.0, None]
+        for seconds in order:
+            figures.setdefault(f"async {seconds}", []).append(await async_loop(seconds))
+            figures.setdefault(f"sync {seconds}", []).append(sync_loop(seconds))
+    return [
+        f"| {side} | {statistics.median(figures[f'{side} None']):.2f} µs"
+        f" | {statistics.median(figures[f'{side} 2.0']):.2f} µs |"
+        for side in ("async", "sync")
+    ]
+
+
 async def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.deadline_overhead")
     parser.add_argument("--rounds", type=int, default=7)
@@ -108,6 +149,12 @@ async def main(argv: Sequence[str] | None = None) -> None:
         f"deadline overhead, {began}: {args.rounds} interleaved rounds of {args.seconds:g} s "
         f"per variant and load, {KEYS} keys, hits only; load average {os.getloadavg()}"
     )
+    print("\nper call, the deadline machinery alone (no database), median of rounds:")
+    print("| side | timeout=None | timeout=2.0 |")
+    print("|---|---|---|")
+    for row in await wrapper_cost(args.rounds):
+        print(row, flush=True)
+    print()
     print("| backend | load | hits/s timeout=None | hits/s timeout=2.0 | median ratio | range |")
     print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as folder:

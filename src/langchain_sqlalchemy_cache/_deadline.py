@@ -37,6 +37,8 @@ from ._errors import ConfigurationError
 DEFAULT_TIMEOUT = 2.0
 # Maintenance statements (clear, purge, trim, table stats) may scan a big table.
 DEFAULT_MAINTENANCE_TIMEOUT = 300.0
+# Seconds the watchdog stays on call after its last watch ended.
+_IDLE_GRACE = 1.0
 # libpq (and psycopg) raise a connect_timeout below 2 s to 2 s.
 _PSYCOPG_MIN_CONNECT_TIMEOUT = 2
 
@@ -228,20 +230,23 @@ class Watchdog:
     """One thread that aborts the connections of sync statements past their deadline.
 
     Arming and disarming take a lock and touch a dict: the thread sleeps until the
-    earliest deadline and is woken only when a new one comes sooner.
+    earliest deadline (or, with nothing to watch, a second more, then for good) and is
+    woken only when a new deadline comes sooner.
     """
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._watches: dict[int, _Watch] = {}
+        self._cond = threading.Condition(threading.Lock())
+        self._watches: set[_Watch] = set()
         self._wake_at = math.inf
+        self._recent = False  # armed since the thread last looked
         self._thread: threading.Thread | None = None
 
     def arm(self, connection: Any, deadline: float) -> _Watch:
         """Watch ``connection`` until ``disarm``; abort it at ``deadline`` (monotonic)."""
         watch = _Watch(connection, deadline)
         with self._cond:
-            self._watches[id(watch)] = watch
+            self._watches.add(watch)
+            self._recent = True
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="langchain-sqlalchemy-cache-watchdog", daemon=True
@@ -254,21 +259,30 @@ class Watchdog:
     def disarm(self, watch: _Watch) -> bool:
         """Stop watching; return whether the watchdog aborted the connection."""
         with self._cond:
-            self._watches.pop(id(watch), None)
+            self._watches.discard(watch)
             return watch.fired
 
     def _run(self) -> None:
         with self._cond:
             while True:
                 now = time.monotonic()
-                for watch in [w for w in self._watches.values() if w.deadline <= now]:
-                    del self._watches[id(watch)]
+                for watch in [w for w in self._watches if w.deadline <= now]:
+                    self._watches.discard(watch)
                     watch.fired = True
                     # Under the lock: the statement's thread cannot disarm and hand the
                     # connection back to the pool while it is being aborted.
                     with contextlib.suppress(Exception):
                         abort(watch.connection)
-                self._wake_at = min((w.deadline for w in self._watches.values()), default=math.inf)
+                if self._watches:
+                    self._wake_at = min(w.deadline for w in self._watches)
+                elif self._recent:
+                    # Nothing to watch, maybe for a moment only: wake once more soon, so
+                    # a steady stream of calls (each with a later deadline) arms without
+                    # waking this thread for every call.
+                    self._wake_at = now + _IDLE_GRACE
+                else:
+                    self._wake_at = math.inf
+                self._recent = False
                 self._cond.wait(None if self._wake_at == math.inf else self._wake_at - now)
 
 
