@@ -193,3 +193,11 @@ def test_sync_deadlines_hold_across_threads(postgres_url: str) -> None:
             proxy.thaw()
             drop_table(cache, table)
             cache.close()
+
+
+@pytest.mark.timeout(60)
+def test_migrate_ends_at_its_deadline_on_a_server_that_never_answers() -> None:
+    from langchain_sqlalchemy_cache._migrate import migrate
+
+    with SilentServer() as server, pytest.raises(TimeoutError):
+        migrate(driver_url("mysql+asyncmy", server.port), timeout=0.3)
