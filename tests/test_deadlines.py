@@ -98,7 +98,8 @@ async def test_a_server_frozen_with_the_pool_warm(
         cache = SQLAlchemyCache(
             driver_url(driver, proxy.port),
             table_name=table,
-            timeout=0.5,
+            # Generous: after the thaw a call reconnects within it on a loaded machine.
+            timeout=2.0,
             breaker_threshold=None,
             max_concurrency=1,
         )
@@ -142,7 +143,7 @@ async def test_sqlite_calls_end_at_their_deadline_while_the_file_is_locked(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "cache.db"
-    cache = SQLAlchemyCache(f"sqlite:///{path}", timeout=0.3, breaker_threshold=None)
+    cache = SQLAlchemyCache(f"sqlite:///{path}", timeout=1.0, breaker_threshold=None)
     cache.update("p", LLM, value("before"))
     assert await cache.alookup("p", LLM) == value("before")
     holder = sqlite3.connect(path, check_same_thread=False)
@@ -168,7 +169,7 @@ def test_sync_deadlines_hold_across_threads(postgres_url: str) -> None:
     table = unique_table()
     with FreezeProxy(5432) as proxy:
         url = driver_url("postgresql+psycopg", proxy.port)
-        cache = SQLAlchemyCache(url, table_name=table, timeout=0.5, breaker_threshold=None)
+        cache = SQLAlchemyCache(url, table_name=table, timeout=2.0, breaker_threshold=None)
         try:
             cache.update("p", LLM, value("p"))
             proxy.freeze()
