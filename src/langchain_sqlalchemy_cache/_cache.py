@@ -383,7 +383,8 @@ class SQLAlchemyCache(BaseCache):
                 self._sync.execute(self._sql.upsert, self._sql.upsert_params([row]))
             self._counters.write(perf_counter() - start)
             if self._trims is not None and self._trims.wrote():
-                self.enforce_max_entries()
+                # Part of this update call: bounded by the same per-call timeout.
+                self.enforce_max_entries(timeout=self._timeout)
 
     def clear(self, *, timeout: Timeout = DEFAULT_MAINTENANCE_TIMEOUT, **kwargs: Any) -> None:
         """Delete this cache's entries (its namespace only), or a subset of them.
@@ -547,7 +548,7 @@ class SQLAlchemyCache(BaseCache):
                 await self._updates.submit(row)
             self._counters.write(perf_counter() - start)
             if self._trims is not None and self._trims.wrote():
-                await self.aenforce_max_entries()
+                await self.aenforce_max_entries(timeout=self._timeout)
 
     async def aclear(
         self, *, timeout: Timeout = DEFAULT_MAINTENANCE_TIMEOUT, **kwargs: Any
