@@ -7,6 +7,7 @@ package, e.g. ``langchain-openai``):
         uvicorn examples.fastapi_app:app
 
     curl -s localhost:8000/chat -H 'content-type: application/json' -d '{"prompt": "Hi"}'
+    curl -s localhost:8000/health   # 200 when the cache's database answers, else 503
 
 ``LLM_CACHE_URL`` defaults to a SQLite file, ``llm-cache.db``; ``CHAT_MODEL`` is any
 ``provider:model`` that ``langchain.chat_models.init_chat_model`` accepts. In your own
@@ -23,6 +24,7 @@ from contextlib import asynccontextmanager
 from typing import Generic, TypeVar
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
 from langchain_core.language_models import BaseChatModel
 from pydantic import BaseModel
 
@@ -138,6 +140,22 @@ def create_app(
             await app.state.calls.wait()
 
     app = FastAPI(title="Chat, cached", lifespan=lifespan)
+
+    @app.get("/health")
+    async def health(request: Request) -> JSONResponse:
+        # Readiness: 503 while the cache's database does not answer in time. The app
+        # still serves /chat then (every lookup is a miss), so use it where a cacheless
+        # instance should leave the load balancer, not as a liveness probe.
+        report = await request.app.state.cache.ahealth()
+        return JSONResponse(
+            {
+                "ok": report.ok,
+                "latency": report.latency,
+                "error": report.error,
+                "breaker": report.breaker,
+            },
+            status_code=200 if report.ok else 503,
+        )
 
     @app.post("/chat")
     async def chat(body: ChatRequest, request: Request) -> ChatResponse:

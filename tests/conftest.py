@@ -138,7 +138,10 @@ def proxied_cache(postgres_url: str) -> Iterator[tuple[SQLAlchemyCache, PgProxy]
     with PgProxy() as proxy:
         async_engine, sync_engine = proxied_engines(postgres_url, proxy)
         table = unique_table()
-        cache = SQLAlchemyCache(async_engine, sync_engine=sync_engine, table_name=table)
+        # No circuit breaker: these tests check that the pool itself recovers at once.
+        cache = SQLAlchemyCache(
+            async_engine, sync_engine=sync_engine, table_name=table, breaker_threshold=None
+        )
         yield cache, proxy
         proxy.accepting = True
         proxy.delay = 0

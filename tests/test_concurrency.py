@@ -159,7 +159,9 @@ async def test_ten_thousand_concurrent_calls_on_a_pool_of_five(backend_url: str)
     )
     engine = create_async_engine(url, pool_size=5, max_overflow=0, pool_timeout=5)
     table = unique_table()
-    cache = SQLAlchemyCache(engine, table_name=table)
+    # No deadline: 10,000 callers queued behind a few connections wait longer than the
+    # default 2 s, and would then (rightly) give up; this tests that none gets an error.
+    cache = SQLAlchemyCache(engine, table_name=table, timeout=None)
     checked_out: list[int] = []
     event.listen(
         engine.sync_engine.pool, "checkout", lambda *a: checked_out.append(engine.pool.checkedout())

@@ -141,7 +141,9 @@ def test_trimming_beside_concurrent_writers_loses_no_write(server_url: str) -> N
     # can deadlock. The server then rolls one back; the cache must retry it, not lose a
     # batch of writes (or a trim) to it.
     table = unique_table()
-    seed = SQLAlchemyCache(server_url, table_name=table, on_error="raise")
+    # No deadline: this checks lock-conflict retries, which may take longer than the
+    # default 2 s on a loaded machine; deadlines have tests of their own.
+    seed = SQLAlchemyCache(server_url, table_name=table, on_error="raise", timeout=None)
     keys = 2000
 
     async def fill() -> None:
@@ -153,13 +155,15 @@ def test_trimming_beside_concurrent_writers_loses_no_write(server_url: str) -> N
     trims: list[int] = []
 
     def trimmer(_: int) -> None:
-        bounded = SQLAlchemyCache(server_url, table_name=table, max_entries=1000, on_error="raise")
+        bounded = SQLAlchemyCache(
+            server_url, table_name=table, max_entries=1000, on_error="raise", timeout=None
+        )
         while time.monotonic() < deadline:
             trims.append(bounded.enforce_max_entries())
         bounded.close()
 
     def writer(number: int) -> None:
-        cache = SQLAlchemyCache(server_url, table_name=table, on_error="raise")
+        cache = SQLAlchemyCache(server_url, table_name=table, on_error="raise", timeout=None)
         rng = random.Random(number)
 
         async def write() -> None:

@@ -2,6 +2,7 @@
 
 from ._cache import SQLAlchemyCache
 from ._errors import CacheError, ConfigurationError
+from ._health import Health
 from ._md5 import SQLAlchemyMd5Cache
 from ._schema import cache_table
 from ._sqlite import SQLiteCache
@@ -11,6 +12,7 @@ __all__ = [
     "CacheError",
     "CacheStats",
     "ConfigurationError",
+    "Health",
     "ModelEntries",
     "SQLAlchemyCache",
     "SQLAlchemyMd5Cache",

@@ -9,17 +9,17 @@ from typing import Any
 
 from sqlalchemy import Executable, Row, Table
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from ._deadline import discard
 from ._identity import PairCheck
-from ._loops import LoopEngines, PerLoop
+from ._loops import LoopEngines
 from ._retry import retry_delay
 from ._statements import Params, batch_transaction
 from ._table import TableReadiness, prepare_table
 
 
 class AsyncExecutor:
-    """Runs statements through short-lived ``AsyncSession``s: real async I/O, no threads."""
+    """Runs statements on pooled ``AsyncConnection``s: real async I/O, no threads."""
 
     def __init__(
         self, engines: LoopEngines, table: Table, readiness: TableReadiness, pair: PairCheck
@@ -28,9 +28,6 @@ class AsyncExecutor:
         self._table = table
         self._readiness = readiness
         self._pair = pair
-        self._sessionmakers: PerLoop[async_sessionmaker[AsyncSession]] = PerLoop(
-            lambda: async_sessionmaker(engines.get())
-        )
 
     def _ready(self) -> bool:
         return self._pair.async_checked() and self._readiness.ready
@@ -54,9 +51,13 @@ class AsyncExecutor:
                             # Which table this side reaches, before creating any.
                             await self._pair.check_async(connection)
                             if not self._readiness.ready:
-                                await connection.run_sync(
-                                    prepare_table, self._table, create=self._readiness.create
-                                )
+                                try:
+                                    await connection.run_sync(
+                                        prepare_table, self._table, create=self._readiness.create
+                                    )
+                                except asyncio.CancelledError:
+                                    await discard(connection)
+                                    raise
                         self._readiness.ready = True
                 finally:
                     self._readiness.loop_owner.release()
@@ -65,16 +66,21 @@ class AsyncExecutor:
         self, statement: Executable, params: Params | None, *, rows: bool
     ) -> tuple[Sequence[Row[Any]], int]:
         await self._ensure_table()
-        sessions = self._sessionmakers.get()
-        batch = batch_transaction(self._engines.base.dialect.name, params)
+        engine = self._engines.get()
+        batch = batch_transaction(engine.dialect.name, params)
         for attempt in itertools.count(1):
             try:
-                async with sessions() as session:
-                    if batch is not None:
-                        await session.connection(execution_options=batch)
-                    result = await session.execute(statement, params)
-                    if batch is not None:
-                        await session.commit()
+                async with engine.connect() as connection:
+                    try:
+                        if batch is not None:
+                            await connection.execution_options(**batch)
+                        result = await connection.execute(statement, params)
+                        if batch is not None:
+                            await connection.commit()
+                    except asyncio.CancelledError:
+                        # Cut off mid-statement (a deadline): its reply may still come.
+                        await discard(connection)
+                        raise
                     if rows:
                         return result.all(), -1
                     return (), int(getattr(result, "rowcount", -1))

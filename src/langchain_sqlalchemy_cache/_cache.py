@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import timedelta
 from time import perf_counter
 from types import TracebackType
@@ -18,23 +17,34 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from . import _statements as sql
 from ._async_io import AsyncExecutor
 from ._batching import Coalescer, Failed
+from ._breaker import CircuitBreaker
 from ._codec import (
-    UncacheableError,
     decode_generations,
     decode_text,
     encode_generations,
-    logger,
     validate_generations,
 )
 from ._community import check_cache_schema
+from ._deadline import (
+    DEFAULT_MAINTENANCE_TIMEOUT,
+    DEFAULT_TIMEOUT,
+    AsyncDeadline,
+    SyncDeadline,
+    optional_seconds,
+    positive_seconds,
+    watch_async_engine,
+    watch_sync_engine,
+)
 from ._engines import EnginePair, resolve_engines
-from ._errors import ConfigurationError
+from ._errors import CacheError, ConfigurationError
 from ._eviction import TrimSchedule
+from ._health import PROBE_KEY, Health, describe
 from ._identifiers import check_identifier, check_namespace
 from ._identity import PairCheck
 from ._keys import cache_key, llm_key
 from ._loops import LoopEngines, PerLoop, drop_pool, require_asyncio
 from ._policy import ErrorPolicy, OnError
+from ._ratelimit import RateLimitedLog, logger
 from ._replicas import ReadRouter, Replicas
 from ._schema import DEFAULT_TABLE_NAME, cache_table
 from ._secrets import Redactor, raw_url_secrets, safe_url, url_secrets
@@ -42,21 +52,14 @@ from ._stats import CacheStats, Counters, ModelEntries, TableStats, utc
 from ._sync_io import SyncExecutor
 from ._table import TableReadiness
 
+Timeout = float | timedelta | None
+
 
 def _check_text(name: str, value: object) -> str:
     if not isinstance(value, str):
         msg = f"{name} must be a str, got {type(value).__name__}"
         raise TypeError(msg)
     return value
-
-
-def _seconds(name: str, value: object) -> float:
-    """A positive duration given as seconds or a ``timedelta``, in seconds."""
-    seconds = value.total_seconds() if isinstance(value, timedelta) else value
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
-        msg = f"{name} must be a positive number of seconds or a timedelta, got {value!r}"
-        raise ConfigurationError(msg)
-    return float(seconds)
 
 
 def _clear_filters(kwargs: dict[str, Any]) -> tuple[str | None, float | None]:
@@ -71,14 +74,14 @@ def _clear_filters(kwargs: dict[str, Any]) -> tuple[str | None, float | None]:
     older_than = None
     if "older_than" in kwargs:
         try:
-            older_than = _seconds("older_than", kwargs["older_than"])
+            older_than = positive_seconds("older_than", kwargs["older_than"])
         except ConfigurationError as exc:
             raise TypeError(str(exc)) from None
     return model, older_than
 
 
-def _first_payload(rows: Sequence[Row[Any]]) -> RETURN_VAL_TYPE | None:
-    return decode_generations(rows[0].payload) if rows else None
+def _first_payload(rows: Sequence[Row[Any]], log: RateLimitedLog) -> RETURN_VAL_TYPE | None:
+    return decode_generations(rows[0].payload, log) if rows else None
 
 
 def _table_stats(
@@ -168,6 +171,9 @@ class SQLAlchemyCache(BaseCache):
         max_entries: int | None = None,
         replicas: Replicas = (),
         max_replica_lag: float | timedelta | None = None,
+        timeout: float | timedelta | None = DEFAULT_TIMEOUT,
+        breaker_threshold: int | None = 5,
+        breaker_cooldown: float | timedelta = 10.0,
     ) -> None:
         """Open a cache on a database.
 
@@ -230,6 +236,20 @@ class SQLAlchemyCache(BaseCache):
                 (or ``timedelta``), measured at most once a second per standby
                 (PostgreSQL only). None (the default): a standby serves whatever it has
                 replayed.
+            timeout: The deadline of each ``lookup``/``update`` call (sync or async)
+                in seconds or a ``timedelta``: waiting for a connection slot,
+                connecting and the statement all count. When it passes the call is a
+                miss or no-op (``on_error="miss"``, counted in ``stats().timeouts``) or
+                raises ``CacheError`` from a ``TimeoutError``; a connection cut off
+                mid-statement is discarded. None: no deadline. Maintenance calls take
+                their own ``timeout=`` argument. See docs/reliability.md for what
+                bounds engines you pass in.
+            breaker_threshold: After this many consecutive failed or timed-out calls,
+                stop sending statements for ``breaker_cooldown``: calls are answered
+                at once (a miss, a no-op, or ``CacheError`` under ``"raise"``); then one
+                call goes through as a probe, and its success resumes normal work.
+                None: no circuit breaker.
+            breaker_cooldown: Seconds (or a ``timedelta``) the breaker stays open.
 
         Raises:
             ConfigurationError: The engines or URL cannot be used or paired, the
@@ -245,22 +265,35 @@ class SQLAlchemyCache(BaseCache):
         if schema is not None and (not isinstance(schema, str) or not schema.strip()):
             msg = f"schema must be a non-empty str or None, got {schema!r}"
             raise ConfigurationError(msg)
-        self._policy = ErrorPolicy(on_error)
+        self._timeout = optional_seconds("timeout", timeout)
+        threshold = (
+            None
+            if breaker_threshold is None
+            else positive_int("breaker_threshold", breaker_threshold)
+        )
+        self._breaker = CircuitBreaker(
+            threshold, positive_seconds("breaker_cooldown", breaker_cooldown)
+        )
+        self._policy = ErrorPolicy(on_error, breaker=self._breaker)
         self._namespace = check_namespace(namespace)
-        self._engines: EnginePair = resolve_engines(engine, sync_engine)
+        self._closed = False
+        self._skipped_log = RateLimitedLog()
+        self._engines: EnginePair = resolve_engines(engine, sync_engine, self._timeout)
+        watch_sync_engine(self._engines.sync_engine)
+        watch_async_engine(self._engines.async_engine.sync_engine)
         dialect_name = self._engines.dialect_name
         check_identifier("table_name", table_name, dialect_name)
         if schema is not None:
             check_identifier("schema", schema, dialect_name)
         self._table = cache_table(MetaData(), table_name, schema)
-        self._ttl = None if ttl is None else _seconds("ttl", ttl)
+        self._ttl = None if ttl is None else positive_seconds("ttl", ttl)
         self._store_prompts = bool(store_prompts)
         self._trims = (
             None if max_entries is None else TrimSchedule(positive_int("max_entries", max_entries))
         )
         self._counters = Counters()
         # table_stats() is an inspection: its failures are always reported.
-        self._strict = ErrorPolicy("raise")
+        self._strict = ErrorPolicy("raise", breaker=self._breaker)
         self._policy.redact = self._strict.redact = Redactor(
             [
                 *(raw_url_secrets(engine) if isinstance(engine, str) else ()),
@@ -287,7 +320,7 @@ class SQLAlchemyCache(BaseCache):
             replicas,
             max_lag=None
             if max_replica_lag is None
-            else _seconds("max_replica_lag", max_replica_lag),
+            else positive_seconds("max_replica_lag", max_replica_lag),
             primary_async=self._async,
             primary_sync=self._sync,
             statements=self._sql,
@@ -340,8 +373,10 @@ class SQLAlchemyCache(BaseCache):
         generations = validate_generations(return_val)
         try:
             payload = encode_generations(generations)
-        except UncacheableError as exc:
-            logger.warning("not caching this answer: %s", exc)
+        except Exception as exc:  # unstorable content, nesting too deep for the encoder
+            self._skipped_log.warning(
+                "encode", "not caching this answer: %s: %.200s", type(exc).__name__, exc
+            )
             return None
         return sql.entry_row(
             prompt,
@@ -353,7 +388,10 @@ class SQLAlchemyCache(BaseCache):
         )
 
     async def _fetch_payloads(self, keys: Sequence[str]) -> list[bytes | None]:
-        rows = await self._reads.afetch(keys, time.time())
+        # A batch has its own deadline, from its start: its callers' deadlines began
+        # earlier, so none of them is still waiting when it passes.
+        async with AsyncDeadline(self._timeout):
+            rows = await self._reads.afetch(keys, time.time())
         found = {row.key: row.payload for row in rows}
         return [found.get(key) for key in keys]
 
@@ -362,7 +400,8 @@ class SQLAlchemyCache(BaseCache):
         for chunk in sql.size_chunks(rows, _MAX_UPSERT_BYTES):
             try:
                 params = self._sql.upsert_params([rows[index] for index in chunk])
-                await self._async.execute(self._sql.upsert, params)
+                async with AsyncDeadline(self._timeout):
+                    await self._async.execute(self._sql.upsert, params)
             except Exception as exc:  # this statement's writers fail, the others go on
                 for index in chunk:
                     results[index] = Failed(exc)
@@ -375,10 +414,15 @@ class SQLAlchemyCache(BaseCache):
 
         A hit is always a ``list``, as LangChain requires.
         """
+        self._check_open()
         key = self._key(prompt, llm_string)
+        if not self._policy.admit("lookup"):
+            return None
         start = perf_counter()
         with self._policy.guard("lookup"):
-            result = _first_payload(self._reads.fetch([key], time.time()))
+            with SyncDeadline(self._timeout):
+                rows = self._reads.fetch([key], time.time())
+            result = _first_payload(rows, self._skipped_log)
             self._counters.lookup(hit=result is not None, seconds=perf_counter() - start)
             return result
         return None
@@ -389,21 +433,26 @@ class SQLAlchemyCache(BaseCache):
         Raises:
             TypeError: ``return_val`` is not a sequence of ``Generation`` objects.
         """
+        self._check_open()
         row = self._row(prompt, llm_string, return_val)
-        if row is None:
+        if row is None or not self._policy.admit("update"):
             return
         self._reads.wrote(row["key"])
         start = perf_counter()
         with self._policy.guard("update"):
-            self._sync.execute(self._sql.upsert, self._sql.upsert_params([row]))
+            with SyncDeadline(self._timeout):
+                self._sync.execute(self._sql.upsert, self._sql.upsert_params([row]))
             self._counters.write(perf_counter() - start)
             if self._trims is not None and self._trims.wrote():
-                self.enforce_max_entries()
+                # Part of this update call: bounded by the same per-call timeout.
+                self.enforce_max_entries(timeout=self._timeout)
 
-    def clear(self, **kwargs: Any) -> None:
+    def clear(self, *, timeout: Timeout = DEFAULT_MAINTENANCE_TIMEOUT, **kwargs: Any) -> None:
         """Delete this cache's entries (its namespace only), or a subset of them.
 
         Args:
+            timeout: Deadline of the whole call in seconds or a ``timedelta`` (None:
+                none), handled as ``on_error`` says.
             **kwargs: ``older_than``: seconds or a ``timedelta``; only entries written
                 longer ago than that. ``llm_string``: only that model's entries. Both
                 may be combined.
@@ -411,14 +460,22 @@ class SQLAlchemyCache(BaseCache):
         Raises:
             TypeError: An unknown keyword argument or a bad ``older_than`` was given.
         """
+        self._check_open()
+        seconds = optional_seconds("timeout", timeout)
         model, older_than = _clear_filters(kwargs)
+        if not self._policy.admit("clear"):
+            return
         self._reads.wrote_everything()
-        with self._policy.guard("clear"):
+        with self._policy.guard("clear"), SyncDeadline(seconds):
             cutoff = None if older_than is None else self._now() - older_than
             self._sync.execute(*self._sql.clear(model, cutoff))
 
-    def purge_expired(self) -> int:
+    def purge_expired(self, *, timeout: Timeout = DEFAULT_MAINTENANCE_TIMEOUT) -> int:
         """Delete the entries older than ``ttl``, at most 1000 rows per statement.
+
+        Args:
+            timeout: Deadline of the whole call in seconds or a ``timedelta`` (None:
+                none), handled as ``on_error`` says.
 
         Returns:
             How many entries were deleted.
@@ -426,13 +483,21 @@ class SQLAlchemyCache(BaseCache):
         Raises:
             ConfigurationError: The cache has no ``ttl``.
         """
+        self._check_open()
+        seconds = optional_seconds("timeout", timeout)
         ttl = self._require_ttl()
-        with self._policy.guard("purge"):
+        if not self._policy.admit("purge"):
+            return 0
+        with self._policy.guard("purge"), SyncDeadline(seconds):
             return self._delete_older(self._now() - ttl)
         return 0
 
-    def enforce_max_entries(self) -> int:
+    def enforce_max_entries(self, *, timeout: Timeout = DEFAULT_MAINTENANCE_TIMEOUT) -> int:
         """Delete the oldest entries beyond ``max_entries`` now, in batches.
+
+        Args:
+            timeout: Deadline of the whole call in seconds or a ``timedelta`` (None:
+                none), handled as ``on_error`` says.
 
         Returns:
             How many entries were deleted.
@@ -440,8 +505,12 @@ class SQLAlchemyCache(BaseCache):
         Raises:
             ConfigurationError: The cache has no ``max_entries``.
         """
+        self._check_open()
+        seconds = optional_seconds("timeout", timeout)
         params = self._sql.nth_newest_params(self._require_max_entries())
-        with self._policy.guard("evict"):
+        if not self._policy.admit("evict"):
+            return 0
+        with self._policy.guard("evict"), SyncDeadline(seconds):
             rows = self._sync.fetch(self._sql.nth_newest, params)
             return self._delete_older(rows[0].updated_at) if rows else 0
         return 0
@@ -467,20 +536,33 @@ class SQLAlchemyCache(BaseCache):
 
         Counted in this process since the cache was made; no database access.
         """
-        return replace(
-            self._counters.snapshot(self._policy.errors), reads_by_server=self._reads.reads()
+        return self._counters.snapshot(
+            self._policy.errors + self._strict.errors,
+            timeouts=self._policy.timeouts + self._strict.timeouts,
+            short_circuited=self._breaker.rejected,
+            breaker=self._breaker.state,
+            breaker_opened=self._breaker.opened,
+            reads_by_server=self._reads.reads(),
         )
 
-    def table_stats(self) -> TableStats:
+    def table_stats(self, *, timeout: Timeout = DEFAULT_MAINTENANCE_TIMEOUT) -> TableStats:
         """Read what the table holds for this namespace (``astats()`` is the async twin).
 
+        Args:
+            timeout: Deadline of the whole call in seconds or a ``timedelta`` (None:
+                none).
+
         Raises:
-            CacheError: The database could not be read (whatever ``on_error`` says:
-                this is an inspection, not a cache call).
+            CacheError: The database could not be read in time, or the circuit breaker
+                is open (whatever ``on_error`` says: this is an inspection, not a cache
+                call).
         """
+        self._check_open()
+        seconds = optional_seconds("timeout", timeout)
         params = self._sql.namespace_params()
         size_query = self._sql.table_size
-        with self._strict.guard("table_stats"):
+        self._strict.admit("table_stats")
+        with self._strict.guard("table_stats"), SyncDeadline(seconds):
             summary = self._sync.fetch(self._sql.summary, params)[0]
             models = self._sync.fetch(self._sql.per_model, params)
             size = (
@@ -511,12 +593,16 @@ class SQLAlchemyCache(BaseCache):
         Raises:
             ConfigurationError: No asyncio event loop runs (e.g. under trio).
         """
+        self._check_open()
         require_asyncio()
         key = self._key(prompt, llm_string)
+        if not self._policy.admit("lookup"):
+            return None
         start = perf_counter()
         with self._policy.guard("lookup"):
-            payload = await self._lookups.submit(key)
-            result = None if payload is None else decode_generations(payload)
+            async with AsyncDeadline(self._timeout):
+                payload = await self._lookups.submit(key)
+            result = None if payload is None else decode_generations(payload, self._skipped_log)
             self._counters.lookup(hit=result is not None, seconds=perf_counter() - start)
             return result
         return None
@@ -528,35 +614,43 @@ class SQLAlchemyCache(BaseCache):
             TypeError: ``return_val`` is not a sequence of ``Generation`` objects.
             ConfigurationError: No asyncio event loop runs (e.g. under trio).
         """
+        self._check_open()
         require_asyncio()
         row = self._row(prompt, llm_string, return_val)
-        if row is None:
+        if row is None or not self._policy.admit("update"):
             return
         self._reads.wrote(row["key"])
         start = perf_counter()
         with self._policy.guard("update"):
-            await self._updates.submit(row)
+            async with AsyncDeadline(self._timeout):
+                await self._updates.submit(row)
             self._counters.write(perf_counter() - start)
             if self._trims is not None and self._trims.wrote():
-                await self.aenforce_max_entries()
+                await self.aenforce_max_entries(timeout=self._timeout)
 
-    async def aclear(self, **kwargs: Any) -> None:
-        """Async ``clear``, on the AsyncEngine; takes the same filters.
+    async def aclear(
+        self, *, timeout: Timeout = DEFAULT_MAINTENANCE_TIMEOUT, **kwargs: Any
+    ) -> None:
+        """Async ``clear``, on the AsyncEngine; takes the same arguments.
 
         Raises:
             TypeError: An unknown keyword argument or a bad ``older_than`` was given.
             ConfigurationError: No asyncio event loop runs (e.g. under trio).
         """
+        self._check_open()
         require_asyncio()
+        seconds = optional_seconds("timeout", timeout)
         model, older_than = _clear_filters(kwargs)
+        if not self._policy.admit("clear"):
+            return
         self._reads.wrote_everything()
         with self._policy.guard("clear"):
-            async with self._slots.get():
+            async with AsyncDeadline(seconds), self._slots.get():
                 cutoff = None if older_than is None else await self._anow() - older_than
                 await self._async.execute(*self._sql.clear(model, cutoff))
 
-    async def apurge_expired(self) -> int:
-        """Async ``purge_expired``, on the AsyncEngine.
+    async def apurge_expired(self, *, timeout: Timeout = DEFAULT_MAINTENANCE_TIMEOUT) -> int:
+        """Async ``purge_expired``, on the AsyncEngine; takes the same ``timeout``.
 
         Returns:
             How many entries were deleted.
@@ -564,16 +658,21 @@ class SQLAlchemyCache(BaseCache):
         Raises:
             ConfigurationError: The cache has no ``ttl``, or no asyncio loop runs.
         """
+        self._check_open()
         require_asyncio()
+        seconds = optional_seconds("timeout", timeout)
         ttl = self._require_ttl()
+        if not self._policy.admit("purge"):
+            return 0
         with self._policy.guard("purge"):
-            async with self._slots.get():
-                cutoff = await self._anow() - ttl
-            return await self._adelete_older(cutoff)
+            async with AsyncDeadline(seconds):
+                async with self._slots.get():
+                    cutoff = await self._anow() - ttl
+                return await self._adelete_older(cutoff)
         return 0
 
-    async def aenforce_max_entries(self) -> int:
-        """Async ``enforce_max_entries``, on the AsyncEngine.
+    async def aenforce_max_entries(self, *, timeout: Timeout = DEFAULT_MAINTENANCE_TIMEOUT) -> int:
+        """Async ``enforce_max_entries``, on the AsyncEngine; takes the same ``timeout``.
 
         Returns:
             How many entries were deleted.
@@ -581,12 +680,17 @@ class SQLAlchemyCache(BaseCache):
         Raises:
             ConfigurationError: The cache has no ``max_entries``, or no asyncio loop runs.
         """
+        self._check_open()
         require_asyncio()
+        seconds = optional_seconds("timeout", timeout)
         params = self._sql.nth_newest_params(self._require_max_entries())
+        if not self._policy.admit("evict"):
+            return 0
         with self._policy.guard("evict"):
-            async with self._slots.get():
-                rows = await self._async.fetch(self._sql.nth_newest, params)
-            return await self._adelete_older(rows[0].updated_at) if rows else 0
+            async with AsyncDeadline(seconds):
+                async with self._slots.get():
+                    rows = await self._async.fetch(self._sql.nth_newest, params)
+                return await self._adelete_older(rows[0].updated_at) if rows else 0
         return 0
 
     async def _anow(self) -> float:
@@ -604,18 +708,21 @@ class SQLAlchemyCache(BaseCache):
             if count < sql.PURGE_BATCH_ROWS:
                 return deleted
 
-    async def astats(self) -> TableStats:
+    async def astats(self, *, timeout: Timeout = DEFAULT_MAINTENANCE_TIMEOUT) -> TableStats:
         """Async ``table_stats``: what the table holds for this namespace.
 
         Raises:
-            CacheError: The database could not be read (``ConfigurationError`` when no
-                asyncio loop runs).
+            CacheError: The database could not be read in time, or the breaker is open
+                (``ConfigurationError`` when no asyncio loop runs).
         """
+        self._check_open()
         require_asyncio()
+        seconds = optional_seconds("timeout", timeout)
         params = self._sql.namespace_params()
         size_query = self._sql.table_size
+        self._strict.admit("table_stats")
         with self._strict.guard("table_stats"):
-            async with self._slots.get():
+            async with AsyncDeadline(seconds), self._slots.get():
                 summary = (await self._async.fetch(self._sql.summary, params))[0]
                 models = await self._async.fetch(self._sql.per_model, params)
                 size = (
@@ -626,14 +733,82 @@ class SQLAlchemyCache(BaseCache):
             return _table_stats(summary, models, size)
         raise AssertionError("unreachable: the strict policy raises")
 
+    # Health: one probe lookup, whatever the breaker says, never raising for the database.
+
+    def _health_timeout(self, timeout: Timeout) -> float:
+        seconds = optional_seconds("timeout", timeout)
+        if seconds is None:
+            seconds = self._timeout if self._timeout is not None else DEFAULT_TIMEOUT
+        return seconds
+
+    def _probe_params(self) -> dict[str, Any]:
+        return self._sql.lookup_params([PROBE_KEY], time.time())
+
+    def health(self, *, timeout: Timeout = None) -> Health:
+        """Check that the table answers a lookup, on the sync engine, within a deadline.
+
+        Args:
+            timeout: The probe's deadline in seconds or a ``timedelta``; None: the
+                cache's ``timeout`` (2 s if the cache has none).
+
+        Returns:
+            ``Health``: ``ok``, the probe's ``latency`` in seconds, the ``error`` if
+            any, and the breaker's state. A database fault is reported, never raised.
+        """
+        self._check_open()
+        seconds = self._health_timeout(timeout)
+        start = perf_counter()
+        try:
+            with SyncDeadline(seconds):
+                self._sync.fetch(self._sql.lookup, self._probe_params())
+        except Exception as exc:
+            return Health(
+                ok=False,
+                latency=None,
+                error=describe(exc, self._policy.redact),
+                breaker=self._breaker.state,
+            )
+        return Health(
+            ok=True, latency=perf_counter() - start, error=None, breaker=self._breaker.state
+        )
+
+    async def ahealth(self, *, timeout: Timeout = None) -> Health:
+        """Async ``health``, on the AsyncEngine (the wait for a connection slot counts)."""
+        self._check_open()
+        seconds = self._health_timeout(timeout)
+        start = perf_counter()
+        try:
+            async with AsyncDeadline(seconds), self._slots.get():
+                await self._async.fetch(self._sql.lookup, self._probe_params())
+        except Exception as exc:
+            return Health(
+                ok=False,
+                latency=None,
+                error=describe(exc, self._policy.redact),
+                breaker=self._breaker.state,
+            )
+        return Health(
+            ok=True, latency=perf_counter() - start, error=None, breaker=self._breaker.state
+        )
+
+    def _check_open(self) -> None:
+        if self._closed:
+            msg = (
+                "this cache is closed (close() or aclose() was called): make a new "
+                "SQLAlchemyCache, or close it only when the application is done with it"
+            )
+            raise CacheError(msg)
+
     # Lifecycle: only engines the cache created are disposed of.
 
     def close(self) -> None:
         """Dispose of the engines this cache created (engines passed in are left alone).
 
         Async connections cannot be closed politely without their event loop, so their
-        pools are dropped; prefer ``aclose()`` in async code.
+        pools are dropped; prefer ``aclose()`` in async code. Any call made after it
+        raises ``CacheError``; closing again does nothing.
         """
+        self._closed = True
         for engine, loop in self._async_engines_to_dispose():
             drop_pool(engine, loop)
         for owned in self._engines.owned:
@@ -645,8 +820,10 @@ class SQLAlchemyCache(BaseCache):
         """Dispose of the engines this cache created, closing async connections politely.
 
         Connections of the running event loop are closed; those of other loops are dropped.
+        Any call made after it raises ``CacheError``; closing again does nothing.
         Outside asyncio (trio) this is ``close()``: nothing was opened by this loop.
         """
+        self._closed = True
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:

@@ -192,6 +192,19 @@ def _parser() -> _Parser:
     clear.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
     clear.set_defaults(run=_clear)
 
+    check = commands.add_parser(
+        "check", help="probe the cache table: one line, exit 0 when healthy, 1 when not"
+    )
+    _common(check)
+    check.add_argument(
+        "--timeout",
+        type=duration,
+        metavar="DURATION",
+        default=2.0,
+        help=f"the probe's deadline (default: 2s): {_DURATION_HELP}",
+    )
+    check.set_defaults(run=_check)
+
     migrate_ = commands.add_parser(
         "migrate",
         help="copy a langchain_community cache table (full_llm_cache, full_md5_llm_cache) here",
@@ -371,6 +384,31 @@ def _stats(args: argparse.Namespace) -> int:
         stats = cache.table_stats()
     print(format_stats(stats, _where(args)))
     return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    database = _sqlite_file(args.url)
+    if database is not None and not os.path.exists(database):
+        # Connecting would create an empty database file under the mistyped name.
+        print(f"unhealthy: {_where(args)}: no SQLite database at {database!r}")
+        return 1
+    cache = SQLAlchemyCache(
+        args.url,
+        table_name=args.table,
+        schema=args.schema,
+        namespace=args.namespace,
+        create_table=False,
+        timeout=args.timeout,
+    )
+    try:
+        health = cache.health()
+    finally:
+        cache.close()
+    if health.ok and health.latency is not None:
+        print(f"ok: {_where(args)} answered in {health.latency * 1000:.1f} ms")
+        return 0
+    print(f"unhealthy: {_where(args)}: {health.error}")
+    return 1
 
 
 def _purge(args: argparse.Namespace) -> int:

@@ -15,7 +15,6 @@ generation against ~25 us and ~30 us here, and a cache hit is mostly decoding.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,7 +22,9 @@ from langchain_core import messages
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, Generation, GenerationChunk
 
-logger = logging.getLogger("langchain_sqlalchemy_cache")
+from ._ratelimit import RateLimitedLog
+
+_UNLIMITED = RateLimitedLog(interval=0.0)
 
 GENERATION_CLASSES: dict[str, type[Generation]] = {
     cls.__name__: cls for cls in (Generation, GenerationChunk, ChatGeneration, ChatGenerationChunk)
@@ -134,8 +135,14 @@ def _decode_entry(entry: Any) -> Generation:
     return cls.model_validate(fields)
 
 
-def decode_generations(payload: bytes | str) -> list[Generation] | None:
-    """Rebuild the generations of a row, or return None (a miss) if the row is unusable."""
+def decode_generations(
+    payload: bytes | str, log: RateLimitedLog | None = None
+) -> list[Generation] | None:
+    """Rebuild the generations of a row, or return None (a miss) if the row is unusable.
+
+    The warning about an unusable row goes through ``log`` when given (the cache's
+    rate-limited one: whoever can write the table must not flood the log).
+    """
     try:
         text = (
             payload if isinstance(payload, str) else bytes(payload).decode("utf-8", "surrogatepass")
@@ -146,7 +153,8 @@ def decode_generations(payload: bytes | str) -> list[Generation] | None:
             raise TypeError(msg)
         return [_decode_entry(entry) for entry in entries]
     except Exception as exc:  # any malformed or hostile row is a miss, never a crash
-        logger.warning(
+        (log or _UNLIMITED).warning(
+            "unreadable row",
             "cache row could not be loaded, treating it as a miss: %s: %.200s",
             type(exc).__name__,
             exc,

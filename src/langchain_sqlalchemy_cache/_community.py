@@ -9,7 +9,7 @@ from __future__ import annotations
 from sqlalchemy import Connection, Table, func, inspect, select, table
 
 from ._errors import ConfigurationError
-from ._policy import logger
+from ._ratelimit import logger
 from ._secrets import safe_url
 
 # langchain_community.cache's default schema classes and the tables they declare.

@@ -17,6 +17,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from ._carry import SAME_FAMILY, UncarriableError, carry, needs_family
+from ._deadline import limit_created_engine, sync_engine_options
 from ._engine_internals import UnreadableEngineError, read_settings
 from ._errors import ConfigurationError
 from ._failover import check_hosts, wrong_server
@@ -257,7 +258,9 @@ def _pair_needed(engine: Engine, *, to_async: bool, problem: str) -> Configurati
     return ConfigurationError(msg)
 
 
-def _derive(engine: Engine, *, to_async: bool) -> AsyncEngine | Engine:
+def _derive(
+    engine: Engine, *, to_async: bool, timeout: float | None = None
+) -> AsyncEngine | Engine:
     """The engine of the other kind, carrying what the caller configured on ``engine``."""
     url = engine.url
     backend, source = url.get_backend_name(), engine.dialect.driver
@@ -285,7 +288,21 @@ def _derive(engine: Engine, *, to_async: bool) -> AsyncEngine | Engine:
     options.update(carried.options)
     if to_async:
         return _create(twin_url, create_async_engine, **options)
-    return _create(twin_url, create_engine, **options)
+    return _create_sync(twin_url, timeout, **options)
+
+
+def _create_sync(url: URL, timeout: float | None, **options: Any) -> Engine:
+    """A sync engine of the cache's own, with driver limits for ``timeout`` (seconds).
+
+    What the caller configured (carried ``options``) wins over the limits.
+    """
+    limits = sync_engine_options(url, timeout)
+    connect = {**limits.pop("connect_args", {}), **options.pop("connect_args", {})}
+    if connect:
+        options["connect_args"] = connect
+    engine = _create(url, create_engine, **{**limits, **options})
+    limit_created_engine(engine, timeout)
+    return engine
 
 
 def _has_creator(engine: AsyncEngine | Engine) -> bool:
@@ -298,12 +315,16 @@ def _has_creator(engine: AsyncEngine | Engine) -> bool:
 
 
 def resolve_engines(
-    engine: str | URL | AsyncEngine | Engine, sync_engine: Engine | None
+    engine: str | URL | AsyncEngine | Engine,
+    sync_engine: Engine | None,
+    timeout: float | None = None,
 ) -> EnginePair:
     """Build the engine pair for what the caller passed, validating it.
 
     Whether both engines reach the same table is checked at first use (``_identity``):
     URLs cannot tell (two host names of one server, a creator, a search_path).
+
+    A sync engine the cache creates gets driver limits for ``timeout`` (seconds).
     """
     if sync_engine is not None and not isinstance(sync_engine, Engine):
         msg = (
@@ -343,9 +364,9 @@ def resolve_engines(
         if sync_engine is not None:
             # An explicit pair: any drivers the caller chose will do.
             pair = EnginePair(_autocommit_async(engine), _autocommit_sync(sync_engine))
-            check_hosts(pair.async_engine.url, pair.sync_engine.url)
+            check_hosts(pair.async_engine.url, pair.sync_engine.url, explicit=True)
             return pair
-        derived_sync = _derive(engine.sync_engine, to_async=False)
+        derived_sync = _derive(engine.sync_engine, to_async=False, timeout=timeout)
         assert isinstance(derived_sync, Engine)
         check_hosts(engine.url, derived_sync.url)
         return EnginePair(_autocommit_async(engine), derived_sync, [derived_sync])
@@ -358,5 +379,5 @@ def resolve_engines(
     async_url, sync_url = _twin_urls(given_url)
     check_hosts(async_url, sync_url)
     async_engine = _create(async_url, create_async_engine)
-    sync = _create(sync_url, create_engine)
+    sync = _create_sync(sync_url, timeout)
     return EnginePair(async_engine, sync, [async_engine, sync])

@@ -86,8 +86,13 @@ def _check(url: URL) -> None:
         raise ConfigurationError(msg)
 
 
-def check_hosts(async_url: URL, sync_url: URL) -> None:
+def check_hosts(async_url: URL, sync_url: URL, *, explicit: bool = False) -> None:
     """Check that both engines' drivers take the hosts named, and that they name the same.
+
+    An ``explicit`` pair of single-host URLs may name its host differently (a pooler on
+    one side, another name of the same server): the first-use identity check tells
+    whether both reach one table. Host lists must match: after a failover, different
+    lists could lead the two sides to different servers.
 
     Raises:
         ConfigurationError: A driver cannot take several hosts or
@@ -98,6 +103,8 @@ def check_hosts(async_url: URL, sync_url: URL) -> None:
         return
     _check(async_url)
     _check(sync_url)
+    if explicit and len(hosts(async_url)) <= 1 and len(hosts(sync_url)) <= 1:
+        return
     if hosts(async_url) != hosts(sync_url) or async_url.query.get(
         "target_session_attrs"
     ) != sync_url.query.get("target_session_attrs"):

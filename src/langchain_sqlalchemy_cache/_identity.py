@@ -31,7 +31,7 @@ from ._community import notice_community_tables
 from ._engines import IN_MEMORY_HELP
 from ._errors import ConfigurationError
 from ._loops import clone_engine
-from ._policy import logger
+from ._ratelimit import logger
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ import json
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from langchain_core.outputs import Generation
@@ -61,6 +62,7 @@ from ._codec import (
     UncacheableError,
     encode_generations,
 )
+from ._deadline import DEFAULT_TIMEOUT, SyncDeadline, optional_seconds
 from ._errors import CacheError
 from ._schema import DEFAULT_TABLE_NAME
 from ._secrets import safe_url
@@ -469,6 +471,7 @@ def migrate(
     store_prompts: bool = True,
     batch_size: int = 500,
     progress: Callable[[MigrationProgress], None] | None = None,
+    timeout: float | timedelta | None = None,
 ) -> MigrationReport:
     """Copy a ``langchain_community`` SQL cache table into this cache's table.
 
@@ -493,6 +496,9 @@ def migrate(
             statement (PostgreSQL) or one executemany.
         progress: Called after each page with a ``MigrationProgress``. An exception it
             raises stops the migration, with every page before it written.
+        timeout: Deadline of the whole run in seconds or a ``timedelta``; None (the
+            default): none. When it passes, the statement in flight is cut off and
+            ``TimeoutError`` is raised, with every page before it written.
 
     Returns:
         What was copied, skipped and unreadable, with the reasons.
@@ -504,18 +510,24 @@ def migrate(
             the destination table exists with another layout.
     """
     batch_size = positive_int("batch_size", batch_size)
+    seconds = optional_seconds("timeout", timeout)
     if (from_table, from_schema) == (table_name, schema):
         msg = f"the source and destination table are both {table_name!r}"
         raise MigrationError(msg)
-    with SQLAlchemyCache(
-        engine,
-        table_name=table_name,
-        schema=schema,
-        namespace=namespace,
-        store_prompts=store_prompts,
-        on_error="raise",
-        create_table=False,
-    ) as cache:
+    with (
+        SQLAlchemyCache(
+            engine,
+            table_name=table_name,
+            schema=schema,
+            namespace=namespace,
+            store_prompts=store_prompts,
+            on_error="raise",
+            create_table=False,
+            # Bounds connecting (the engines' limits) even when the run has no deadline.
+            timeout=DEFAULT_TIMEOUT if seconds is None else seconds,
+        ) as cache,
+        SyncDeadline(seconds),
+    ):
         sync_engine = cache.sync_engine
         dialect_name = sync_engine.dialect.name
         # Errors name the database as the caller did (not with the derived sync driver).

@@ -31,6 +31,7 @@ from sqlalchemy import URL, Engine, Executable, Row, Table, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ._async_io import AsyncExecutor
+from ._deadline import watch_async_engine, watch_sync_engine
 from ._engines import EnginePair, resolve_engines
 from ._errors import ConfigurationError
 from ._identity import PairCheck
@@ -96,6 +97,9 @@ def _standby(replica: object, dialect: str, table: Table) -> _Standby:
             f"{engines.dialect_name}: pass the standbys' URLs"
         )
         raise ConfigurationError(msg)
+    # The primary's deadlines bound a standby's statements too.
+    watch_sync_engine(engines.sync_engine)
+    watch_async_engine(engines.async_engine.sync_engine)
     # The primary creates the table; a standby gets it by replication, never creates it.
     readiness = TableReadiness(create=False)
     readiness.ready = True

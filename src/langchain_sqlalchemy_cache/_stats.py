@@ -8,6 +8,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
 # Latency percentiles are over the most recent calls, so they follow the present
 # load and the memory stays fixed however long the process runs.
@@ -32,6 +33,15 @@ class CacheStats:
         update_p50_ms: Median update latency in milliseconds over the last 10,000 updates.
         update_p95_ms: 95th percentile update latency.
         update_p99_ms: 99th percentile update latency.
+        timeouts: Calls (of any operation) that hit their deadline; also counted in
+            ``errors``.
+        short_circuited: Calls answered at once, without a statement, while the
+            circuit breaker was open (not counted in ``errors``, ``hits`` or
+            ``misses``).
+        breaker: The circuit breaker's state now: ``"closed"`` (calls go through),
+            ``"open"`` (calls are short-circuited) or ``"half_open"`` (the next call
+            is let through as a probe).
+        breaker_opened: How many times the breaker opened.
         reads_by_server: Keys looked up per server: ``"primary"`` and each read
             replica's URL (password hidden); a batched lookup counts each distinct key once.
     """
@@ -46,6 +56,10 @@ class CacheStats:
     update_p50_ms: float | None
     update_p95_ms: float | None
     update_p99_ms: float | None
+    timeouts: int = 0
+    short_circuited: int = 0
+    breaker: str = "closed"
+    breaker_opened: int = 0
     reads_by_server: Mapping[str, int] = field(default_factory=dict, hash=False)
 
     @property
@@ -132,8 +146,8 @@ class Counters:
             self._writes += 1
             self._update_seconds.append(seconds)
 
-    def snapshot(self, errors: int) -> CacheStats:
-        """The counters now, with the error count kept by the error policy."""
+    def snapshot(self, errors: int, **failures: Any) -> CacheStats:
+        """The counters now, with the failure fields kept by the policy and the breaker."""
         with self._lock:
             lookups = sorted(self._lookup_seconds)
             updates = sorted(self._update_seconds)
@@ -149,4 +163,5 @@ class Counters:
             update_p50_ms=_percentile(updates, 0.50),
             update_p95_ms=_percentile(updates, 0.95),
             update_p99_ms=_percentile(updates, 0.99),
+            **failures,
         )

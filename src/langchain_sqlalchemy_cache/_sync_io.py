@@ -11,6 +11,7 @@ from sqlalchemy import Engine, Executable, Row, Table
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import sessionmaker
 
+from ._deadline import deadline_passed
 from ._identity import PairCheck
 from ._retry import retry_delay
 from ._statements import Params, batch_transaction
@@ -62,7 +63,7 @@ class SyncExecutor:
                     self._ensure_table()
                     continue
                 delay = retry_delay(exc, attempt)  # a dropped connection, a deadlock
-                if delay is None:
+                if delay is None or deadline_passed():
                     raise
                 time.sleep(delay)
         raise AssertionError("unreachable")

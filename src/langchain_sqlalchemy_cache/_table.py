@@ -12,7 +12,7 @@ from sqlalchemy.exc import DBAPIError
 
 from ._errors import ConfigurationError
 from ._loops import PerLoop
-from ._policy import logger
+from ._ratelimit import logger
 from ._retry import mysql_error_code
 from ._secrets import safe_url
 
