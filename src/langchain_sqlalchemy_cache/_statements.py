@@ -101,7 +101,7 @@ class Statements:
 
     dialect_name: str
     ttl: float | None
-    lookup: Select[tuple[str, str]]
+    lookup: Select[tuple[str, bytes, float]]
     upsert: Insert
     namespace: str
     # clear(): indexed by (llm_key given, cutoff given); each scoped to the namespace.
@@ -296,8 +296,9 @@ def _purge_batch(table: Table, dialect_name: str, older: Any) -> Delete:
     return delete(table).where(table.c.key.in_(victims.scalar_subquery()))
 
 
-def _lookup(table: Table, dialect_name: str, *, with_ttl: bool) -> Select[tuple[str, str]]:
-    stmt = select(table.c.key, table.c.payload)
+def _lookup(table: Table, dialect_name: str, *, with_ttl: bool) -> Select[tuple[str, bytes, float]]:
+    # updated_at: the in-process tier ends an entry's life in memory where its ttl ends.
+    stmt = select(table.c.key, table.c.payload, table.c.updated_at)
     if with_ttl:
         stmt = stmt.where(table.c.updated_at >= bindparam("fresh_since"))
     if dialect_name == "postgresql":

@@ -19,7 +19,7 @@ class CacheStats:
     """Counters of this cache object since it was made (this process only).
 
     Attributes:
-        hits: Lookups that found an entry.
+        hits: Lookups that found an entry (from memory or from the table).
         misses: Lookups that found none (or an unreadable one).
         writes: Entries stored by ``update``/``aupdate``.
         errors: Database or driver failures of any operation (served as a miss or
@@ -32,6 +32,8 @@ class CacheStats:
         update_p50_ms: Median update latency in milliseconds over the last 10,000 updates.
         update_p95_ms: 95th percentile update latency.
         update_p99_ms: 99th percentile update latency.
+        memory_hits: Hits served by the in-process tier, without a statement (a part
+            of ``hits``).
     """
 
     hits: int
@@ -44,6 +46,7 @@ class CacheStats:
     update_p50_ms: float | None
     update_p95_ms: float | None
     update_p99_ms: float | None
+    memory_hits: int = 0
 
     @property
     def hit_rate(self) -> float | None:
@@ -110,15 +113,17 @@ class Counters:
         self._lock = threading.Lock()
         self._hits = 0
         self._misses = 0
+        self._memory_hits = 0
         self._writes = 0
         self._lookup_seconds: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self._update_seconds: deque[float] = deque(maxlen=LATENCY_WINDOW)
 
-    def lookup(self, *, hit: bool, seconds: float) -> None:
-        """Count one finished lookup."""
+    def lookup(self, *, hit: bool, seconds: float, memory: bool = False) -> None:
+        """Count one finished lookup (``memory``: a hit served by the in-process tier)."""
         with self._lock:
             if hit:
                 self._hits += 1
+                self._memory_hits += memory
             else:
                 self._misses += 1
             self._lookup_seconds.append(seconds)
@@ -135,6 +140,7 @@ class Counters:
             lookups = sorted(self._lookup_seconds)
             updates = sorted(self._update_seconds)
             hits, misses, writes = self._hits, self._misses, self._writes
+            memory_hits = self._memory_hits
         return CacheStats(
             hits=hits,
             misses=misses,
@@ -146,4 +152,5 @@ class Counters:
             update_p50_ms=_percentile(updates, 0.50),
             update_p95_ms=_percentile(updates, 0.95),
             update_p99_ms=_percentile(updates, 0.99),
+            memory_hits=memory_hits,
         )
