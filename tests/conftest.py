@@ -138,7 +138,10 @@ def proxied_cache(postgres_url: str) -> Iterator[tuple[SQLAlchemyCache, PgProxy]
     with PgProxy() as proxy:
         async_engine, sync_engine = proxied_engines(postgres_url, proxy)
         table = unique_table()
-        cache = SQLAlchemyCache(async_engine, sync_engine=sync_engine, table_name=table)
+        # The tier off: these tests watch what reaches the server.
+        cache = SQLAlchemyCache(
+            async_engine, sync_engine=sync_engine, table_name=table, local_max_bytes=0
+        )
         yield cache, proxy
         proxy.accepting = True
         proxy.delay = 0

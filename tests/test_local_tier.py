@@ -187,7 +187,7 @@ async def test_own_trim_applies_to_memory_at_once(make_cache: CacheFactory) -> N
     assert await cache.alookup("p0", LLM) is None
     assert cache.lookup("p1", LLM) is None
     assert await cache.alookup("p2", LLM) == value("2")
-    assert cache.stats().memory_hits == 1
+    assert cache.stats().memory_hits == 0  # each trim flushed the tier
 
 
 def run_elsewhere(code: str, *args: str) -> None:

@@ -374,9 +374,11 @@ class SQLAlchemyCache(BaseCache):
         if self._tier is not None:
             self._tier.put(row["key"], row["payload"], row["updated_at"], since=since, read=False)
 
-    def _forget(self, written_before: float | None = None) -> None:
+    def _forget(self) -> None:
+        # Everything, not just what the statement matched: the tier's idea of when an
+        # entry was written may differ from the row's (another writer, clock skew).
         if self._tier is not None:
-            self._tier.forget(written_before)
+            self._tier.forget()
 
     def _end_flight(self, row: sql.Row) -> None:
         if self._flights is not None:
@@ -456,13 +458,12 @@ class SQLAlchemyCache(BaseCache):
         Raises:
             TypeError: An unknown keyword argument or a bad ``older_than`` was given.
         """
-        model, cutoff = _clear_filters(kwargs)
-        statement, params = self._sql.clear(model, cutoff)
+        statement, params = self._sql.clear(*_clear_filters(kwargs))
         try:
             with self._policy.guard("clear"):
                 self._sync.execute(statement, params)
         finally:
-            self._forget(cutoff if model is None else None)
+            self._forget()
 
     def purge_expired(self) -> int:
         """Delete the entries older than ``ttl``, at most 1000 rows per statement.
@@ -504,7 +505,8 @@ class SQLAlchemyCache(BaseCache):
                 if count < sql.PURGE_BATCH_ROWS:
                     return deleted
         finally:
-            self._forget(cutoff)
+            if deleted:
+                self._forget()
 
     def stats(self) -> CacheStats:
         """Hits, misses, writes, errors and latency percentiles of this cache object.
@@ -599,14 +601,13 @@ class SQLAlchemyCache(BaseCache):
         Raises:
             TypeError: An unknown keyword argument or a bad ``older_than`` was given.
         """
-        model, cutoff = _clear_filters(kwargs)
-        statement, params = self._sql.clear(model, cutoff)
+        statement, params = self._sql.clear(*_clear_filters(kwargs))
         try:
             with self._policy.guard("clear"):
                 async with self._slots.get():
                     await self._async.execute(statement, params)
         finally:
-            self._forget(cutoff if model is None else None)
+            self._forget()
 
     async def apurge_expired(self) -> int:
         """Async ``purge_expired``, on the AsyncEngine.
@@ -649,7 +650,8 @@ class SQLAlchemyCache(BaseCache):
                 if count < sql.PURGE_BATCH_ROWS:
                     return deleted
         finally:
-            self._forget(cutoff)
+            if deleted:
+                self._forget()
 
     async def astats(self) -> TableStats:
         """Async ``table_stats``: what the table holds for this namespace.

@@ -41,7 +41,6 @@ Clock = Callable[[], float]
 class _Entry:
     payload: bytes
     loaded_at: float  # monotonic clock: when it was read or written
-    written_at: float  # wall clock: the row's updated_at
     expires_at: float  # wall clock: when its ttl ends (inf without a ttl)
     seq: int  # the tier's sequence number when it was stored
     size: int
@@ -134,7 +133,7 @@ class LocalTier:
             if read and held is not None and held.seq > since:
                 return
             self._seq += 1
-            entry = _Entry(payload, self.clock(), updated_at, expires_at, self._seq, size)
+            entry = _Entry(payload, self.clock(), expires_at, self._seq, size)
             old = self._entries.pop(key, None)
             if old is not None:
                 self._bytes -= old.size
@@ -157,20 +156,15 @@ class LocalTier:
             self._seq += 1
             self._flushed_at = self._seq
 
-    def forget(self, written_before: float | None = None) -> None:
-        """Forget the entries written before a UNIX time, or all of them (None).
+    def forget(self) -> None:
+        """Forget every entry (after a clear, purge or trim by this object).
 
-        Called after this object's clear, purge or trim; reads in flight, which may
-        have seen rows that statement deleted, are refused as well.
+        Reads in flight, which may have seen rows that statement deleted, are refused
+        as well.
         """
         with self._lock:
-            if written_before is None:
-                self._entries.clear()
-                self._bytes = 0
-            else:
-                for key, entry in list(self._entries.items()):
-                    if entry.written_at < written_before:
-                        self._remove(key, entry)
+            self._entries.clear()
+            self._bytes = 0
             self._seq += 1
             self._flushed_at = self._seq
 
