@@ -373,7 +373,12 @@ def write_chart(results: dict[str, Any], path: Path) -> None:
     hits = medians(results["hits"], ("workload", "subject", "concurrency"), "ops_per_s")
     http = medians(results["http"], ("cache", "connections"), "requests_per_s")
     panels = sorted({(w, c) for w, _, c in hits}, key=lambda p: (p[0] != "repeated", p[1]))
-    figure, axes = plt.subplots(1, len(panels) + 1, figsize=(4 * (len(panels) + 1), 4.5))
+    columns = 4
+    rows = -(-(len(panels) + 1) // columns)
+    figure, grid = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.6 * rows), squeeze=False)
+    axes = list(grid.flat)
+    for unused in axes[len(panels) + 1 :]:
+        unused.axis("off")
     for axis, (workload, concurrency) in zip(axes, panels, strict=False):
         names = [s for w, s, c in sorted(hits) if (w, c) == (workload, concurrency)]
         values = [hits[(workload, s, concurrency)] for s in names]
@@ -383,7 +388,7 @@ def write_chart(results: dict[str, Any], path: Path) -> None:
         axis.set_xscale("log")
         axis.set_title(f"{workload} keys, c={concurrency}")
         axis.set_xlabel("hits/s (log)")
-    axis = axes[-1]
+    axis = axes[len(panels)]
     labels = [f"{cache} {conns}c" for cache, conns in sorted(http)]
     axis.barh(labels, [http[key] for key in sorted(http)], color="tab:green")
     axis.set_title("FastAPI example (wrk)")
