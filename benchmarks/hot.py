@@ -310,36 +310,81 @@ def medians(
     return {key: statistics.median(values) for key, values in grouped.items()}
 
 
+def _per_round(
+    runs: list[dict[str, Any]], keys: tuple[str, ...], value: str
+) -> dict[tuple[Any, ...], float]:
+    return {
+        (*(run[k] for k in keys), run["round"]): float(run[value])
+        for run in runs
+        if run.get(value) is not None
+    }
+
+
 def ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each target of the issue with its measured ratio."""
-    hits = medians(results["hits"], ("workload", "subject", "concurrency"), "ops_per_s")
+    """Each target of the issue with its measured ratio.
+
+    ``ratio`` is the ratio of the medians; ``round_ratios`` pairs the two subjects round
+    by round (they ran minutes apart at most), which shows how much of it is noise.
+    """
     rows = []
+    keys = ("workload", "subject", "concurrency")
+    hits = medians(results["hits"], keys, "ops_per_s")
+    by_round = _per_round(results["hits"], keys, "ops_per_s")
+    rounds = sorted({run["round"] for run in results["hits"]})
     for workload, ours, concurrency, peer, target in TARGETS:
-        mine, theirs = (
-            hits.get((workload, ours, concurrency)),
-            hits.get((workload, peer, concurrency)),
-        )
+        pairs = [
+            (
+                by_round.get((workload, ours, concurrency, r)),
+                by_round.get((workload, peer, concurrency, r)),
+            )
+            for r in rounds
+        ]
         rows.append(
-            _ratio_row(f"{workload} c={concurrency}: {ours} / {peer}", mine, theirs, target)
+            _ratio_row(
+                f"{workload} c={concurrency}: {ours} / {peer}",
+                hits.get((workload, ours, concurrency)),
+                hits.get((workload, peer, concurrency)),
+                target,
+                pairs,
+            )
         )
-    http = medians(results["http"], ("cache", "connections"), "requests_per_s")
+    http_keys = ("cache", "connections")
+    http = medians(results["http"], http_keys, "requests_per_s")
+    http_round = _per_round(results["http"], http_keys, "requests_per_s")
+    http_rounds = sorted({run["round"] for run in results["http"]})
     for connections in (1, 10):
         for peer, target in HTTP_TARGETS:
-            mine, theirs = http.get(("ours", connections)), http.get((peer, connections))
-            label = f"FastAPI {connections} conn: ours / {peer}"
-            rows.append(_ratio_row(label, mine, theirs, target))
+            pairs = [
+                (http_round.get(("ours", connections, r)), http_round.get((peer, connections, r)))
+                for r in http_rounds
+            ]
+            rows.append(
+                _ratio_row(
+                    f"FastAPI {connections} conn: ours / {peer}",
+                    http.get(("ours", connections)),
+                    http.get((peer, connections)),
+                    target,
+                    pairs,
+                )
+            )
     return rows
 
 
 def _ratio_row(
-    label: str, mine: float | None, theirs: float | None, target: float
+    label: str,
+    mine: float | None,
+    theirs: float | None,
+    target: float,
+    pairs: list[tuple[float | None, float | None]],
 ) -> dict[str, Any]:
     ratio = mine / theirs if mine and theirs else None
+    paired = sorted(a / b for a, b in pairs if a and b)
     return {
         "what": label,
         "ours": mine,
         "peer": theirs,
         "ratio": ratio,
+        "round_ratios": paired,
         "target": target,
         "met": None if ratio is None else ratio >= target,
     }
@@ -360,7 +405,9 @@ def print_summary(results: dict[str, Any]) -> None:
     for row in results["ratios"]:
         ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}x"
         verdict = {True: "met", False: "NOT met", None: "not measured"}[row["met"]]
-        print(f"  {row['what']:52} {ratio:>7}  (target >= {row['target']}x: {verdict})")
+        paired = row.get("round_ratios") or []
+        spread = f"rounds {paired[0]:.2f}-{paired[-1]:.2f}x" if paired else ""
+        print(f"  {row['what']:46} {ratio:>7}  {spread:22} (target >= {row['target']}x: {verdict})")
 
 
 def write_chart(results: dict[str, Any], path: Path) -> None:
@@ -401,6 +448,15 @@ def write_chart(results: dict[str, Any], path: Path) -> None:
 
 def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def summarize(path: Path) -> None:
+    """Recompute the ratios of a ``hot.json``, print them, and redraw its chart."""
+    results = json.loads(path.read_text())
+    results["ratios"] = ratios(results)
+    path.write_text(json.dumps(results, indent=1, default=str))
+    print_summary(results)
+    write_chart(results, path.with_suffix(".png"))
 
 
 def main(argv: list[str] | None = None) -> int:
