@@ -322,3 +322,15 @@ def test_a_read_cannot_bring_back_what_a_clear_removed() -> None:
     tier.put("k", b"new", 0.0, since=tier.mark(), read=False)  # a write lands first
     tier.put("k", b"old", 0.0, since=since)
     assert tier.get("k") == b"new"
+
+
+def test_a_read_entry_ages_from_when_the_read_started() -> None:
+    clock = Clock(100.0)
+    tier = LocalTier(10_000, max_staleness=1.0, ttl=None, clock=clock)
+    since = tier.mark()  # the read starts, and sees the row as it is at 100.0
+    clock.now = 100.6  # the answer arrives
+    tier.put("k", b"row", 0.0, since=since)
+    clock.now = 100.99
+    assert tier.get("k") == b"row"
+    clock.now = 101.0  # one second after the row was seen, not after it arrived
+    assert tier.get("k") is None

@@ -29,7 +29,7 @@ from ._engines import EnginePair, resolve_engines
 from ._errors import ConfigurationError
 from ._eviction import TrimSchedule
 from ._keys import cache_key, llm_key
-from ._local_tier import DEFAULT_MAX_BYTES, DEFAULT_MAX_STALENESS, LocalTier
+from ._local_tier import DEFAULT_MAX_BYTES, DEFAULT_MAX_STALENESS, LocalTier, Mark
 from ._loops import LoopEngines, PerLoop, drop_pool
 from ._policy import ErrorPolicy, OnError
 from ._schema import DEFAULT_TABLE_NAME, cache_table
@@ -358,20 +358,20 @@ class SQLAlchemyCache(BaseCache):
         return result
 
     def _fetched(
-        self, key: str, found: tuple[bytes, float] | None, since: int
+        self, key: str, found: tuple[bytes, float] | None, since: Mark | None
     ) -> RETURN_VAL_TYPE | None:
         if found is None:
             return None
         result = decode_generations(found[0])
-        if result is not None and self._tier is not None:
+        if result is not None and self._tier is not None and since is not None:
             self._tier.put(key, found[0], found[1], since=since)
         return result
 
-    def _mark(self) -> int:
-        return 0 if self._tier is None else self._tier.mark()
+    def _mark(self) -> Mark | None:
+        return None if self._tier is None else self._tier.mark()
 
-    def _stored(self, row: sql.Row, since: int) -> None:
-        if self._tier is not None:
+    def _stored(self, row: sql.Row, since: Mark | None) -> None:
+        if self._tier is not None and since is not None:
             self._tier.put(row["key"], row["payload"], row["updated_at"], since=since, read=False)
 
     def _forget(self) -> None:

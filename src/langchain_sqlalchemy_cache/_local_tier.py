@@ -27,6 +27,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 # Bytes charged per entry on top of its key and payload: the dict slot, the entry object
 # and its floats. An estimate, so the bound holds for many tiny entries too.
@@ -35,6 +36,13 @@ DEFAULT_MAX_BYTES = 32 * 1024 * 1024
 DEFAULT_MAX_STALENESS = 1.0
 
 Clock = Callable[[], float]
+
+
+class Mark(NamedTuple):
+    """Taken before a read or write starts: the tier's sequence number and the time."""
+
+    seq: int
+    at: float
 
 
 @dataclass(frozen=True)
@@ -86,11 +94,11 @@ class LocalTier:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def mark(self) -> int:
-        """The sequence number to pass to ``put`` for a read that starts now."""
+    def mark(self) -> Mark:
+        """What to pass to ``put`` for a read or write that starts now."""
         with self._lock:
             self._seq += 1
-            return self._seq
+            return Mark(self._seq, self.clock())
 
     def get(self, key: str) -> bytes | None:
         """The payload of ``key`` if held and still fresh enough to serve, else None."""
@@ -108,7 +116,7 @@ class LocalTier:
             return entry.payload
 
     def put(
-        self, key: str, payload: bytes, updated_at: float, *, since: int, read: bool = True
+        self, key: str, payload: bytes, updated_at: float, *, since: Mark, read: bool = True
     ) -> None:
         """Hold ``payload`` for ``key``, whose row was written at ``updated_at`` (UNIX time).
 
@@ -119,7 +127,9 @@ class LocalTier:
             since: The ``mark()`` taken before the read or write started: nothing is
                 kept if the tier was flushed since (a clear may have deleted the row).
             read: The payload was read, not written: it is not kept if this key was
-                stored since ``since`` either (that store is newer).
+                stored since ``since`` either (that store is newer), and its age counts
+                from when the read started, since the row it saw may have changed
+                while the read was under way.
         """
         size = len(key) + len(payload) + ENTRY_OVERHEAD
         if size > self.max_bytes:
@@ -127,13 +137,14 @@ class LocalTier:
             return
         expires_at = math.inf if self.ttl is None else updated_at + self.ttl
         with self._lock:
-            if since <= self._flushed_at:
+            if since.seq <= self._flushed_at:
                 return
             held = self._entries.get(key)
-            if read and held is not None and held.seq > since:
+            if read and held is not None and held.seq > since.seq:
                 return
             self._seq += 1
-            entry = _Entry(payload, self.clock(), expires_at, self._seq, size)
+            loaded_at = since.at if read else self.clock()
+            entry = _Entry(payload, loaded_at, expires_at, self._seq, size)
             old = self._entries.pop(key, None)
             if old is not None:
                 self._bytes -= old.size
