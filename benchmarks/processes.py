@@ -35,7 +35,8 @@ async def _work(
 ) -> dict[str, Any]:
     workload = build_workload(keys)
     llm = workload.llm_string
-    cache = SQLAlchemyCache(url, table_name=table, create_table=False)
+    # The tier off: this measures how the database path scales with processes.
+    cache = SQLAlchemyCache(url, table_name=table, create_table=False, local_max_bytes=0)
     await cache.alookup(workload.prompts[0], llm)  # connect before the start
     print("ready", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)

@@ -91,7 +91,7 @@ async def measure_table_size(
     targets = {"small": plan.small_rows, "big": plan.big_rows}
     url = backend.ours_url("table-size")
     caches = {
-        label: SQLAlchemyCache(url, table_name=table, **ours_kwargs)
+        label: SQLAlchemyCache(url, table_name=table, **{"local_max_bytes": 0, **ours_kwargs})
         for label, table in names.items()
     }
     raw = await asyncpg.connect(backend.asyncpg_dsn())

@@ -12,6 +12,21 @@ package, e.g. ``langchain-openai``):
 ``LLM_CACHE_URL`` defaults to a SQLite file, ``llm-cache.db``; ``CHAT_MODEL`` is any
 ``provider:model`` that ``langchain.chat_models.init_chat_model`` accepts. In your own
 code (and in tests) call ``create_app(url, model)`` with the model object.
+
+Concurrent requests for one new prompt call the model once, in two layers:
+
+- the cache is opened with ``single_flight=True``: while one call has missed a prompt and
+  not yet stored its answer, every other lookup of it in this process (this route,
+  other routes, background jobs, sync code) waits for that answer instead of calling the
+  model; if that call fails, the next waiter calls the model. That option alone is
+  enough for most apps;
+- the route's own ``SingleFlight`` helper adds one thing the cache cannot do: a call
+  whose client disconnects keeps running, in a task of its own, and its answer still
+  reaches the requests waiting for it (the cache would hand the prompt to the next
+  waiter, which would call the model again).
+
+See docs/in-process-tier.md for both options of the cache that make hits fast and
+stampedes rare: the in-process tier (on by default) and single-flight misses.
 """
 
 from __future__ import annotations
@@ -123,7 +138,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         chat_model = model if model is not None else model_from_env()
         # Opened and closed here, on the event loop that serves the requests.
-        async with SQLAlchemyCache(cache_url, table_name=table_name) as cache:
+        # single_flight: concurrent misses of one prompt wait for the first one's answer.
+        async with SQLAlchemyCache(cache_url, table_name=table_name, single_flight=True) as cache:
             app.state.cache = cache
             # The cache goes on this app's model (a copy; the caller's model is left
             # alone) rather than set_llm_cache(cache): the global cache is shared by

@@ -139,8 +139,13 @@ def proxied_cache(postgres_url: str) -> Iterator[tuple[SQLAlchemyCache, PgProxy]
         async_engine, sync_engine = proxied_engines(postgres_url, proxy)
         table = unique_table()
         # No circuit breaker: these tests check that the pool itself recovers at once.
+        # The tier off: they watch what reaches the server.
         cache = SQLAlchemyCache(
-            async_engine, sync_engine=sync_engine, table_name=table, breaker_threshold=None
+            async_engine,
+            sync_engine=sync_engine,
+            table_name=table,
+            breaker_threshold=None,
+            local_max_bytes=0,
         )
         yield cache, proxy
         proxy.accepting = True

@@ -265,11 +265,12 @@ UNTRUSTED_PAYLOADS = {
 
 @pytest.mark.parametrize("name", list(UNTRUSTED_PAYLOADS))
 def test_untrusted_rows_are_misses_with_a_warning(
-    cache: SQLAlchemyCache,
+    make_cache: CacheFactory,
     name: str,
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    cache = make_cache(local_max_bytes=0)  # the row is changed behind the cache's back
     monkeypatch.setenv("CACHE_TEST_SECRET", "hunter2")
     write_raw_payload(cache, "p", UNTRUSTED_PAYLOADS[name])
     with caplog.at_level(logging.WARNING, logger="langchain_sqlalchemy_cache"):
@@ -282,12 +283,14 @@ def test_untrusted_rows_are_misses_with_a_warning(
 
 
 async def test_untrusted_row_is_a_miss_async(
-    acache: SQLAlchemyCache, caplog: pytest.LogCaptureFixture
+    make_cache: CacheFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
+    acache = make_cache(local_max_bytes=0)  # the row is changed behind the cache's back
     write_raw_payload(acache, "p", UNTRUSTED_PAYLOADS["a class outside the allowlist"])
     with caplog.at_level(logging.WARNING, logger="langchain_sqlalchemy_cache"):
         assert await acache.alookup("p", LLM) is None
     assert "PromptTemplate" in caplog.text
+    await acache.aclose()
 
 
 @pytest.mark.parametrize(

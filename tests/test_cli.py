@@ -73,7 +73,7 @@ def value(text_: str) -> list[Generation]:
 @pytest.fixture
 def stocked(make_cache: CacheFactory) -> SQLAlchemyCache:
     """A cache with 3 GPT and 2 Claude entries in the default namespace, 1 in 'team'."""
-    cache = make_cache()
+    cache = make_cache(local_max_bytes=0)  # reads the table the command line changes
     for i in range(3):
         cache.update(f"gpt {i}", GPT, value(f"answer {i}"))
     for i in range(2):

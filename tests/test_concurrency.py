@@ -71,13 +71,15 @@ def test_every_sync_call_is_one_round_trip_on_postgres(
         assert proxy.round_trips == 1, dict(proxy.messages)
 
 
-async def test_every_call_is_one_statement(acache: SQLAlchemyCache) -> None:
+async def test_every_call_is_one_statement(make_cache: CacheFactory) -> None:
+    acache = make_cache(local_max_bytes=0)
     await acache.alookup("warm", LLM)  # table creation
     sent = count_statements(acache)
     await acache.aupdate("p", LLM, [Generation(text="x")])
     await acache.alookup("p", LLM)
     await acache.aclear()
     assert sent == ["INSERT", "SELECT", "DELETE"]
+    await acache.aclose()
 
 
 async def test_concurrent_lookups_share_one_select_and_get_their_own_answers(
@@ -134,7 +136,8 @@ async def test_batches_are_chunked(make_cache: CacheFactory) -> None:
     await cache.aclose()
 
 
-async def test_cancelled_callers_cancel_nobody_else(acache: SQLAlchemyCache) -> None:
+async def test_cancelled_callers_cancel_nobody_else(make_cache: CacheFactory) -> None:
+    acache = make_cache(local_max_bytes=0)  # the database path: hits from memory never wait
     for i in range(50):
         await acache.aupdate(f"p{i}", LLM, [Generation(text=str(i))])
     tasks = [asyncio.ensure_future(acache.alookup(f"p{i}", LLM)) for i in range(50)]
@@ -149,6 +152,7 @@ async def test_cancelled_callers_cancel_nobody_else(acache: SQLAlchemyCache) -> 
             assert result == [Generation(text=str(i))]
     # The cache still answers afterwards.
     assert await acache.alookup("p3", LLM) == [Generation(text="3")]
+    await acache.aclose()
 
 
 async def test_ten_thousand_concurrent_calls_on_a_pool_of_five(backend_url: str) -> None:

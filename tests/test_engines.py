@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from langchain_sqlalchemy_cache import ConfigurationError, SQLAlchemyCache, SQLiteCache
 
-from .conftest import drop_table, unique_table
+from .conftest import CacheFactory, drop_table, unique_table
 
 LLM = "llm"
 
@@ -210,7 +210,8 @@ def _normalise(statement: str) -> str:
     return " ".join(statement.split())
 
 
-def test_both_sides_send_identical_sql(cache: SQLAlchemyCache) -> None:
+def test_both_sides_send_identical_sql(make_cache: CacheFactory) -> None:
+    cache = make_cache(local_max_bytes=0)  # every call reaches the database
     cache.lookup("warm", LLM)  # creates the table before we listen
     sent: dict[str, list[str]] = {"sync": [], "async": []}
     event.listen(

@@ -31,7 +31,7 @@ def age(cache: SQLAlchemyCache, prompt: str, seconds: float, llm_string: str = L
 
 
 async def test_an_expired_entry_is_a_miss(make_cache: CacheFactory) -> None:
-    cache = make_cache(ttl=timedelta(minutes=10))
+    cache = make_cache(ttl=timedelta(minutes=10), local_max_bytes=0)  # rows aged behind its back
     await cache.aupdate("old", LLM, value("old"))
     await cache.aupdate("new", LLM, value("new"))
     age(cache, "old", 601)

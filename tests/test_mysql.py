@@ -63,7 +63,7 @@ async def mysql_cache(
     # No deadline: multi-megabyte entries and call storms may outlast the default 2 s
     # on a loaded server, and these tests are about what MySQL stores and leaks;
     # deadlines on MySQL are tested in test_deadlines.py.
-    cache = SQLAlchemyCache(url, table_name=table, timeout=None)
+    cache = SQLAlchemyCache(url, table_name=table, timeout=None, local_max_bytes=0)
     assert cache.async_engine.dialect.driver == request.param
     yield cache
     drop_table(cache, table)

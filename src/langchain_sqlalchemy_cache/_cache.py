@@ -11,7 +11,7 @@ from types import TracebackType
 from typing import Any
 
 from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
-from sqlalchemy import URL, Engine, MetaData, Row
+from sqlalchemy import URL, Engine, MetaData
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import _statements as sql
@@ -42,12 +42,14 @@ from ._health import PROBE_KEY, Health, describe
 from ._identifiers import check_identifier, check_namespace
 from ._identity import PairCheck
 from ._keys import cache_key, llm_key
+from ._local_tier import DEFAULT_MAX_BYTES, DEFAULT_MAX_STALENESS, LocalTier, Mark
 from ._loops import LoopEngines, PerLoop, drop_pool, require_asyncio
 from ._policy import ErrorPolicy, OnError
 from ._ratelimit import RateLimitedLog, logger
 from ._replicas import ReadRouter, Replicas
 from ._schema import DEFAULT_TABLE_NAME, cache_table
 from ._secrets import Redactor, raw_url_secrets, safe_url, url_secrets
+from ._single_flight import Flights, Outcome
 from ._stats import CacheStats, Counters, ModelEntries, TableStats, utc
 from ._sync_io import SyncExecutor
 from ._table import TableReadiness
@@ -80,8 +82,30 @@ def _clear_filters(kwargs: dict[str, Any]) -> tuple[str | None, float | None]:
     return model, older_than
 
 
-def _first_payload(rows: Sequence[Row[Any]], log: RateLimitedLog) -> RETURN_VAL_TYPE | None:
-    return decode_generations(rows[0].payload, log) if rows else None
+def _local_max_bytes(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        msg = (
+            f"local_max_bytes must be an int >= 0 (bytes of entries kept in memory; 0 turns "
+            f"the in-process tier off), got {value!r}"
+        )
+        raise ConfigurationError(msg)
+    return value
+
+
+def _single_flight(value: object) -> float | None:
+    """``single_flight``'s wait limit in seconds, or None when it is off."""
+    if value is False or value is None:
+        return None
+    if value is True:
+        return 60.0
+    try:
+        return positive_seconds("single_flight", value)
+    except ConfigurationError:
+        msg = (
+            "single_flight must be False, True (waiters wait up to 60 s for the store) or "
+            f"a positive number of seconds or timedelta, got {value!r}"
+        )
+        raise ConfigurationError(msg) from None
 
 
 def _table_stats(
@@ -99,6 +123,11 @@ def _table_stats(
             for model, text, count in models
         ),
     )
+
+
+def _waited(outcome: Outcome | None) -> RETURN_VAL_TYPE | None:
+    """A single-flight wait's answer: the filler's payload, or a miss (this one fills)."""
+    return decode_generations(outcome) if isinstance(outcome, bytes) else None
 
 
 # Rows per multi-row upsert: each row is 6 parameters, and rows can be megabytes.
@@ -174,6 +203,9 @@ class SQLAlchemyCache(BaseCache):
         timeout: float | timedelta | None = DEFAULT_TIMEOUT,
         breaker_threshold: int | None = 5,
         breaker_cooldown: float | timedelta = 10.0,
+        local_max_bytes: int = DEFAULT_MAX_BYTES,
+        local_max_staleness: float | timedelta = DEFAULT_MAX_STALENESS,
+        single_flight: bool | float | timedelta = False,
     ) -> None:
         """Open a cache on a database.
 
@@ -250,6 +282,21 @@ class SQLAlchemyCache(BaseCache):
                 call goes through as a probe, and its success resumes normal work.
                 None: no circuit breaker.
             breaker_cooldown: Seconds (or a ``timedelta``) the breaker stays open.
+            local_max_bytes: Bytes of recently read or written entries kept in this
+                process (payload bytes, least recently used out first), served without
+                a statement. 32 MiB by default; 0 turns the in-process tier off.
+            local_max_staleness: Seconds (or a ``timedelta``) an entry is served from
+                memory after it was read or written (default 1.0): what another
+                process (or the command line) writes, clears, purges or trims is seen
+                within that time. This object's own writes, clears, purges and trims
+                apply to memory at once.
+            single_flight: While one caller in this process has missed a key and not
+                yet stored it, further lookups of that key wait for that store instead
+                of missing (so concurrent identical prompts call the model once).
+                ``True`` waits up to 60 s, a number or ``timedelta`` that long; when
+                the filler ends without storing (its model failed) or runs out of
+                time, one waiter is released to fill and the others keep waiting.
+                ``False`` (the default): every miss returns at once.
 
         Raises:
             ConfigurationError: The engines or URL cannot be used or paired, the
@@ -292,6 +339,11 @@ class SQLAlchemyCache(BaseCache):
             None if max_entries is None else TrimSchedule(positive_int("max_entries", max_entries))
         )
         self._counters = Counters()
+        max_bytes = _local_max_bytes(local_max_bytes)
+        staleness = positive_seconds("local_max_staleness", local_max_staleness)
+        self._tier = LocalTier(max_bytes, staleness, self._ttl) if max_bytes else None
+        limit = _single_flight(single_flight)
+        self._flights = None if limit is None else Flights(limit)
         # table_stats() is an inspection: its failures are always reported.
         self._strict = ErrorPolicy("raise", breaker=self._breaker)
         self._policy.redact = self._strict.redact = Redactor(
@@ -333,7 +385,7 @@ class SQLAlchemyCache(BaseCache):
             else positive_int("max_concurrency", max_concurrency)
         )
         self._slots: PerLoop[asyncio.Semaphore] = PerLoop(lambda: asyncio.Semaphore(slots))
-        self._lookups: Coalescer[str, bytes | None] = Coalescer(
+        self._lookups: Coalescer[str, tuple[bytes, float] | None] = Coalescer(
             self._fetch_payloads, max_batch=batch, slots=self._slots
         )
         self._updates: Coalescer[sql.Row, None] = Coalescer(
@@ -387,13 +439,49 @@ class SQLAlchemyCache(BaseCache):
             store_prompts=self._store_prompts,
         )
 
-    async def _fetch_payloads(self, keys: Sequence[str]) -> list[bytes | None]:
+    async def _fetch_payloads(self, keys: Sequence[str]) -> list[tuple[bytes, float] | None]:
         # A batch has its own deadline, from its start: its callers' deadlines began
         # earlier, so none of them is still waiting when it passes.
         async with AsyncDeadline(self._timeout):
             rows = await self._reads.afetch(keys, time.time())
-        found = {row.key: row.payload for row in rows}
+        found = {row.key: (row.payload, row.updated_at) for row in rows}
         return [found.get(key) for key in keys]
+
+    # The in-process tier and single flight, around the statements of both sides.
+
+    def _from_memory(self, key: str, start: float) -> RETURN_VAL_TYPE | None:
+        payload = None if self._tier is None else self._tier.get(key)
+        result = None if payload is None else decode_generations(payload, self._skipped_log)
+        if result is not None:
+            self._counters.lookup(hit=True, seconds=perf_counter() - start, memory=True)
+        return result
+
+    def _fetched(
+        self, key: str, found: tuple[bytes, float] | None, since: Mark | None
+    ) -> RETURN_VAL_TYPE | None:
+        if found is None:
+            return None
+        result = decode_generations(found[0], self._skipped_log)
+        if result is not None and self._tier is not None and since is not None:
+            self._tier.put(key, found[0], found[1], since=since)
+        return result
+
+    def _mark(self) -> Mark | None:
+        return None if self._tier is None else self._tier.mark()
+
+    def _stored(self, row: sql.Row, since: Mark | None) -> None:
+        if self._tier is not None and since is not None:
+            self._tier.put(row["key"], row["payload"], row["updated_at"], since=since, read=False)
+
+    def _forget(self) -> None:
+        # Everything, not just what the statement matched: the tier's idea of when an
+        # entry was written may differ from the row's (another writer, clock skew).
+        if self._tier is not None:
+            self._tier.forget()
+
+    def _end_flight(self, row: sql.Row) -> None:
+        if self._flights is not None:
+            self._flights.stored(row["key"], row["payload"])
 
     async def _write_rows(self, rows: Sequence[sql.Row]) -> list[Failed | None]:
         results: list[Failed | None] = [None] * len(rows)
@@ -416,16 +504,29 @@ class SQLAlchemyCache(BaseCache):
         """
         self._check_open()
         key = self._key(prompt, llm_string)
-        if not self._policy.admit("lookup"):
-            return None
         start = perf_counter()
+        result = self._from_memory(key, start)
+        if result is not None or not self._policy.admit("lookup"):
+            return result
         with self._policy.guard("lookup"):
-            with SyncDeadline(self._timeout):
-                rows = self._reads.fetch([key], time.time())
-            result = _first_payload(rows, self._skipped_log)
+            result = self._lookup_stored(key)
             self._counters.lookup(hit=result is not None, seconds=perf_counter() - start)
             return result
         return None
+
+    def _lookup_stored(self, key: str) -> RETURN_VAL_TYPE | None:
+        flights = self._flights
+        if flights is not None:
+            waited = flights.wait_key(key, lead=False)
+            if waited is not None:
+                return _waited(waited)
+        since = self._mark()
+        with SyncDeadline(self._timeout):
+            rows = self._reads.fetch([key], time.time())
+        result = self._fetched(key, (rows[0].payload, rows[0].updated_at) if rows else None, since)
+        if result is None and flights is not None:
+            return _waited(flights.wait_key(key, lead=True))
+        return result
 
     def update(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
         """Store ``return_val``, replacing any entry for (prompt, llm_string) entirely.
@@ -435,17 +536,25 @@ class SQLAlchemyCache(BaseCache):
         """
         self._check_open()
         row = self._row(prompt, llm_string, return_val)
-        if row is None or not self._policy.admit("update"):
+        if row is None:
+            return
+        if not self._policy.admit("update"):
+            self._end_flight(row)  # waiters get the answer, stored or not
             return
         self._reads.wrote(row["key"])
         start = perf_counter()
-        with self._policy.guard("update"):
-            with SyncDeadline(self._timeout):
-                self._sync.execute(self._sql.upsert, self._sql.upsert_params([row]))
-            self._counters.write(perf_counter() - start)
-            if self._trims is not None and self._trims.wrote():
-                # Part of this update call: bounded by the same per-call timeout.
-                self.enforce_max_entries(timeout=self._timeout)
+        since = self._mark()
+        try:
+            with self._policy.guard("update"):
+                with SyncDeadline(self._timeout):
+                    self._sync.execute(self._sql.upsert, self._sql.upsert_params([row]))
+                self._counters.write(perf_counter() - start)
+                self._stored(row, since)
+                if self._trims is not None and self._trims.wrote():
+                    # Part of this update call: bounded by the same per-call timeout.
+                    self.enforce_max_entries(timeout=self._timeout)
+        finally:
+            self._end_flight(row)
 
     def clear(self, *, timeout: Timeout = DEFAULT_MAINTENANCE_TIMEOUT, **kwargs: Any) -> None:
         """Delete this cache's entries (its namespace only), or a subset of them.
@@ -466,9 +575,12 @@ class SQLAlchemyCache(BaseCache):
         if not self._policy.admit("clear"):
             return
         self._reads.wrote_everything()
-        with self._policy.guard("clear"), SyncDeadline(seconds):
-            cutoff = None if older_than is None else self._now() - older_than
-            self._sync.execute(*self._sql.clear(model, cutoff))
+        try:
+            with self._policy.guard("clear"), SyncDeadline(seconds):
+                cutoff = None if older_than is None else self._now() - older_than
+                self._sync.execute(*self._sql.clear(model, cutoff))
+        finally:
+            self._forget()
 
     def purge_expired(self, *, timeout: Timeout = DEFAULT_MAINTENANCE_TIMEOUT) -> int:
         """Delete the entries older than ``ttl``, at most 1000 rows per statement.
@@ -525,11 +637,15 @@ class SQLAlchemyCache(BaseCache):
         # One cutoff for the whole run: rows aging meanwhile wait for the next one.
         params = self._sql.purge_params(cutoff)
         deleted = 0
-        while True:
-            count = self._sync.execute(self._sql.purge_batch, params)
-            deleted += count
-            if count < sql.PURGE_BATCH_ROWS:
-                return deleted
+        try:
+            while True:
+                count = self._sync.execute(self._sql.purge_batch, params)
+                deleted += count
+                if count < sql.PURGE_BATCH_ROWS:
+                    return deleted
+        finally:
+            if deleted:
+                self._forget()
 
     def stats(self) -> CacheStats:
         """Hits, misses, writes, errors and latency percentiles of this cache object.
@@ -596,16 +712,29 @@ class SQLAlchemyCache(BaseCache):
         self._check_open()
         require_asyncio()
         key = self._key(prompt, llm_string)
-        if not self._policy.admit("lookup"):
-            return None
         start = perf_counter()
+        result = self._from_memory(key, start)
+        if result is not None or not self._policy.admit("lookup"):
+            return result
         with self._policy.guard("lookup"):
-            async with AsyncDeadline(self._timeout):
-                payload = await self._lookups.submit(key)
-            result = None if payload is None else decode_generations(payload, self._skipped_log)
+            result = await self._alookup_stored(key)
             self._counters.lookup(hit=result is not None, seconds=perf_counter() - start)
             return result
         return None
+
+    async def _alookup_stored(self, key: str) -> RETURN_VAL_TYPE | None:
+        flights = self._flights
+        if flights is not None:
+            waited = await flights.await_key(key, lead=False)
+            if waited is not None:
+                return _waited(waited)
+        since = self._mark()
+        async with AsyncDeadline(self._timeout):
+            found = await self._lookups.submit(key)
+        result = self._fetched(key, found, since)
+        if result is None and flights is not None:
+            return _waited(await flights.await_key(key, lead=True))
+        return result
 
     async def aupdate(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
         """Async ``update``, on the AsyncEngine.
@@ -617,16 +746,24 @@ class SQLAlchemyCache(BaseCache):
         self._check_open()
         require_asyncio()
         row = self._row(prompt, llm_string, return_val)
-        if row is None or not self._policy.admit("update"):
+        if row is None:
+            return
+        if not self._policy.admit("update"):
+            self._end_flight(row)  # waiters get the answer, stored or not
             return
         self._reads.wrote(row["key"])
         start = perf_counter()
-        with self._policy.guard("update"):
-            async with AsyncDeadline(self._timeout):
-                await self._updates.submit(row)
-            self._counters.write(perf_counter() - start)
-            if self._trims is not None and self._trims.wrote():
-                await self.aenforce_max_entries(timeout=self._timeout)
+        since = self._mark()
+        try:
+            with self._policy.guard("update"):
+                async with AsyncDeadline(self._timeout):
+                    await self._updates.submit(row)
+                self._counters.write(perf_counter() - start)
+                self._stored(row, since)
+                if self._trims is not None and self._trims.wrote():
+                    await self.aenforce_max_entries(timeout=self._timeout)
+        finally:
+            self._end_flight(row)
 
     async def aclear(
         self, *, timeout: Timeout = DEFAULT_MAINTENANCE_TIMEOUT, **kwargs: Any
@@ -644,10 +781,13 @@ class SQLAlchemyCache(BaseCache):
         if not self._policy.admit("clear"):
             return
         self._reads.wrote_everything()
-        with self._policy.guard("clear"):
-            async with AsyncDeadline(seconds), self._slots.get():
-                cutoff = None if older_than is None else await self._anow() - older_than
-                await self._async.execute(*self._sql.clear(model, cutoff))
+        try:
+            with self._policy.guard("clear"):
+                async with AsyncDeadline(seconds), self._slots.get():
+                    cutoff = None if older_than is None else await self._anow() - older_than
+                    await self._async.execute(*self._sql.clear(model, cutoff))
+        finally:
+            self._forget()
 
     async def apurge_expired(self, *, timeout: Timeout = DEFAULT_MAINTENANCE_TIMEOUT) -> int:
         """Async ``purge_expired``, on the AsyncEngine; takes the same ``timeout``.
@@ -701,12 +841,16 @@ class SQLAlchemyCache(BaseCache):
     async def _adelete_older(self, cutoff: float) -> int:
         params = self._sql.purge_params(cutoff)
         deleted = 0
-        while True:
-            async with self._slots.get():
-                count = await self._async.execute(self._sql.purge_batch, params)
-            deleted += count
-            if count < sql.PURGE_BATCH_ROWS:
-                return deleted
+        try:
+            while True:
+                async with self._slots.get():
+                    count = await self._async.execute(self._sql.purge_batch, params)
+                deleted += count
+                if count < sql.PURGE_BATCH_ROWS:
+                    return deleted
+        finally:
+            if deleted:
+                self._forget()
 
     async def astats(self, *, timeout: Timeout = DEFAULT_MAINTENANCE_TIMEOUT) -> TableStats:
         """Async ``table_stats``: what the table holds for this namespace.

@@ -136,7 +136,7 @@ class Statements:
     ttl: float | None
     # SELECT of the server's clock (None on SQLite: the client's clock is the server's).
     clock: Select[tuple[float]] | None
-    lookup: Select[tuple[str, str]]
+    lookup: Select[tuple[str, bytes, float]]
     upsert: Insert
     namespace: str
     # clear(): indexed by (llm_key given, cutoff given); each scoped to the namespace.
@@ -357,8 +357,9 @@ def _purge_batch(table: Table, dialect_name: str, older: Any) -> Delete:
     return delete(table).where(table.c.key.in_(victims.scalar_subquery()))
 
 
-def _lookup(table: Table, dialect_name: str, *, with_ttl: bool) -> Select[tuple[str, str]]:
-    stmt = select(table.c.key, table.c.payload)
+def _lookup(table: Table, dialect_name: str, *, with_ttl: bool) -> Select[tuple[str, bytes, float]]:
+    # updated_at: the in-process tier ends an entry's life in memory where its ttl ends.
+    stmt = select(table.c.key, table.c.payload, table.c.updated_at)
     clock = server_clock(dialect_name)
     if with_ttl and clock is None:
         stmt = stmt.where(table.c.updated_at >= bindparam("fresh_since"))

@@ -20,7 +20,7 @@ class CacheStats:
     """Counters of this cache object since it was made (this process only).
 
     Attributes:
-        hits: Lookups that found an entry.
+        hits: Lookups that found an entry (from memory or from the table).
         misses: Lookups that found none (or an unreadable one).
         writes: Entries stored by ``update``/``aupdate``.
         errors: Database or driver failures of any operation (served as a miss or
@@ -44,6 +44,8 @@ class CacheStats:
         breaker_opened: How many times the breaker opened.
         reads_by_server: Keys looked up per server: ``"primary"`` and each read
             replica's URL (password hidden); a batched lookup counts each distinct key once.
+        memory_hits: Hits served by the in-process tier, without a statement (a part
+            of ``hits``).
     """
 
     hits: int
@@ -61,6 +63,7 @@ class CacheStats:
     breaker: str = "closed"
     breaker_opened: int = 0
     reads_by_server: Mapping[str, int] = field(default_factory=dict, hash=False)
+    memory_hits: int = 0
 
     @property
     def hit_rate(self) -> float | None:
@@ -127,15 +130,17 @@ class Counters:
         self._lock = threading.Lock()
         self._hits = 0
         self._misses = 0
+        self._memory_hits = 0
         self._writes = 0
         self._lookup_seconds: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self._update_seconds: deque[float] = deque(maxlen=LATENCY_WINDOW)
 
-    def lookup(self, *, hit: bool, seconds: float) -> None:
-        """Count one finished lookup."""
+    def lookup(self, *, hit: bool, seconds: float, memory: bool = False) -> None:
+        """Count one finished lookup (``memory``: a hit served by the in-process tier)."""
         with self._lock:
             if hit:
                 self._hits += 1
+                self._memory_hits += memory
             else:
                 self._misses += 1
             self._lookup_seconds.append(seconds)
@@ -152,6 +157,7 @@ class Counters:
             lookups = sorted(self._lookup_seconds)
             updates = sorted(self._update_seconds)
             hits, misses, writes = self._hits, self._misses, self._writes
+            memory_hits = self._memory_hits
         return CacheStats(
             hits=hits,
             misses=misses,
@@ -164,4 +170,5 @@ class Counters:
             update_p95_ms=_percentile(updates, 0.95),
             update_p99_ms=_percentile(updates, 0.99),
             **failures,
+            memory_hits=memory_hits,
         )

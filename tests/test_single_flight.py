@@ -1,0 +1,226 @@
+"""single_flight: concurrent misses of one key wait for its first caller's store."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatResult, Generation
+from pydantic import Field
+
+from langchain_sqlalchemy_cache import ConfigurationError, SQLAlchemyCache
+from langchain_sqlalchemy_cache._single_flight import Flights
+
+from .conftest import CacheFactory
+
+LLM = "fake-llm"
+PROMPTS = [f"question {i}" for i in range(20)]
+
+
+def value(text: str) -> list[Generation]:
+    return [Generation(text=text)]
+
+
+class SlowModel(BaseChatModel):
+    """Answers ``echo: <prompt>`` after a pause; counts calls; may fail a prompt once."""
+
+    delay: float = 0.05
+    calls: dict[str, int] = Field(default_factory=dict)
+    fail_once: set[str] = Field(default_factory=set)
+
+    @property
+    def _llm_type(self) -> str:
+        return "slow-echo"
+
+    def _generate(self, messages: list[BaseMessage], *args: Any, **kwargs: Any) -> ChatResult:
+        raise NotImplementedError
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        prompt = str(messages[-1].content)
+        self.calls[prompt] = self.calls.get(prompt, 0) + 1
+        await asyncio.sleep(self.delay)
+        if prompt in self.fail_once:
+            self.fail_once.discard(prompt)
+            msg = f"the model failed on {prompt!r}"
+            raise RuntimeError(msg)
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(f"echo: {prompt}"))])
+
+
+def flights(cache: SQLAlchemyCache) -> Flights:
+    assert cache._flights is not None
+    return cache._flights
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Return once ``condition()`` holds (polled; a cap of 30 s, not a timing)."""
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        await asyncio.sleep(0.002)
+
+
+@pytest.mark.parametrize("local_max_bytes", [0, 32 * 2**20], ids=["tier-off", "tier-on"])
+async def test_200_concurrent_calls_over_20_prompts_call_the_model_20_times(
+    make_cache: CacheFactory, local_max_bytes: int
+) -> None:
+    cache = make_cache(single_flight=True, local_max_bytes=local_max_bytes)
+    model = SlowModel(cache=cache)
+    prompts = [PROMPTS[i % 20] for i in range(200)]
+    answers = await asyncio.gather(*(model.ainvoke(p) for p in prompts))
+    assert [a.content for a in answers] == [f"echo: {p}" for p in prompts]
+    assert model.calls == dict.fromkeys(PROMPTS, 1)
+    assert cache.stats().hits == 180
+    assert len(flights(cache)) == 0
+    await cache.aclose()
+
+
+async def test_without_single_flight_every_concurrent_miss_calls_the_model(
+    make_cache: CacheFactory,
+) -> None:
+    cache = make_cache()
+    model = SlowModel(cache=cache)
+    await asyncio.gather(*(model.ainvoke("same") for _ in range(10)))
+    assert model.calls == {"same": 10}
+    await cache.aclose()
+
+
+async def test_a_failing_model_releases_the_next_waiter(make_cache: CacheFactory) -> None:
+    # The limit is an hour: only the end of the failed call can release a waiter here.
+    cache = make_cache(single_flight=3600)
+    model = SlowModel(cache=cache, fail_once={"flaky"})
+    results = await asyncio.gather(
+        *(model.ainvoke("flaky") for _ in range(10)), return_exceptions=True
+    )
+    failures = [r for r in results if isinstance(r, BaseException)]
+    assert [str(f) for f in failures] == ["the model failed on 'flaky'"]
+    assert [r.content for r in results if isinstance(r, AIMessage)] == ["echo: flaky"] * 9
+    assert model.calls == {"flaky": 2}
+    assert len(flights(cache)) == 0
+    await cache.aclose()
+
+
+async def test_cancelled_waiters_leave_nothing_behind(make_cache: CacheFactory) -> None:
+    cache = make_cache(single_flight=True)
+    assert await cache.alookup("p", LLM) is None  # this task fills "p"
+    waiters = [asyncio.create_task(cache.alookup("p", LLM)) for _ in range(5)]
+    await until(lambda: flights(cache).waiting() == 5, "five waiters")
+    for waiter in waiters:
+        waiter.cancel()
+    await asyncio.gather(*waiters, return_exceptions=True)
+    assert all(w.cancelled() for w in waiters)
+    assert flights(cache).waiting() == 0
+    await cache.aupdate("p", LLM, value("filled"))
+    assert len(flights(cache)) == 0
+    assert await cache.alookup("p", LLM) == value("filled")
+    await cache.aclose()
+
+
+async def test_a_waiter_cancelled_as_it_is_made_filler_hands_on(
+    make_cache: CacheFactory,
+) -> None:
+    cache = make_cache(single_flight=3600)
+    leader_done = asyncio.Event()
+
+    async def leader() -> None:
+        assert await cache.alookup("p", LLM) is None
+        await leader_done.wait()  # then ends without storing
+
+    lead = asyncio.create_task(leader())
+    await until(lambda: len(flights(cache)) == 1, "the leader's miss")
+    first = asyncio.create_task(cache.alookup("p", LLM))
+    await until(lambda: flights(cache).waiting() == 1, "the first waiter")
+    second = asyncio.create_task(cache.alookup("p", LLM))
+    await until(lambda: flights(cache).waiting() == 2, "the second waiter")
+    # Runs right after the flight's own callback made `first` the filler, before
+    # `first` could resume: it is cancelled while holding the key.
+    lead.add_done_callback(lambda _: first.cancel())
+    leader_done.set()
+    assert await second is None  # handed on: `second` fills
+    assert first.cancelled()
+    await until(lambda: len(flights(cache)) == 0, "the flight ended with its last filler")
+    await cache.aclose()
+
+
+async def test_sync_and_async_waiters_get_the_store(make_cache: CacheFactory) -> None:
+    cache = make_cache(single_flight=True, local_max_bytes=0)
+    assert await cache.alookup("p", LLM) is None
+    got: list[object] = []
+    thread = threading.Thread(target=lambda: got.append(cache.lookup("p", LLM)))
+    thread.start()
+    waiter = asyncio.create_task(cache.alookup("p", LLM))
+    await until(lambda: flights(cache).waiting() == 2, "a thread and a task waiting")
+    await cache.aupdate("p", LLM, value("filled"))
+    assert await waiter == value("filled")
+    await asyncio.to_thread(thread.join, 30)
+    assert got == [value("filled")]
+    await cache.aclose()
+
+
+async def test_a_filler_that_runs_out_of_time_releases_one_waiter(
+    make_cache: CacheFactory,
+) -> None:
+    cache = make_cache(single_flight=0.2)
+    assert await cache.alookup("p", LLM) is None  # this task fills, and never stores
+    missed: list[int] = []
+    store = asyncio.Event()
+
+    async def caller(number: int) -> object:
+        # As LangChain does: a miss calls the model (here: waits) and stores its answer.
+        found = await cache.alookup("p", LLM)
+        if found is None:
+            missed.append(number)
+            await store.wait()
+            await cache.aupdate("p", LLM, value(f"from {number}"))
+        return found
+
+    callers = [asyncio.create_task(caller(n)) for n in range(3)]
+    await until(lambda: bool(missed), "a waiter released to fill")
+    assert len(missed) == 1
+    assert flights(cache).waiting() == 2  # the others keep waiting
+    store.set()
+    results = await asyncio.gather(*callers)
+    assert results.pop(missed[0]) is None
+    assert results == [value(f"from {missed[0]}")] * 2
+    await cache.aclose()
+
+
+async def test_a_filler_asking_again_is_not_made_to_wait(make_cache: CacheFactory) -> None:
+    cache = make_cache(single_flight=3600, local_max_bytes=0)
+    assert await cache.alookup("p", LLM) is None
+    assert await cache.alookup("p", LLM) is None  # the same task: no wait for itself
+    assert await asyncio.to_thread(_sync_twice, cache) == [None, None]
+    await cache.aclose()
+
+
+def _sync_twice(cache: SQLAlchemyCache) -> list[object]:
+    return [cache.lookup("q", LLM), cache.lookup("q", LLM)]
+
+
+async def test_a_filler_whose_task_ended_frees_the_key(make_cache: CacheFactory) -> None:
+    cache = make_cache(single_flight=3600)
+    await asyncio.create_task(_miss(cache))
+    await until(lambda: len(flights(cache)) == 0, "the key freed")
+    assert await cache.alookup("p", LLM) is None
+
+
+async def _miss(cache: SQLAlchemyCache) -> object:
+    return await cache.alookup("p", LLM)
+
+
+def test_single_flight_arguments_are_checked(backend_url: str) -> None:
+    for bad in (0, -1, "yes"):
+        with pytest.raises(ConfigurationError, match="single_flight must be False, True"):
+            SQLAlchemyCache(backend_url, single_flight=bad)  # type: ignore[arg-type]
