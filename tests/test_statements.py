@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import MetaData
 
+from langchain_sqlalchemy_cache import cache_table
 from langchain_sqlalchemy_cache._keys import cache_key, llm_key
-from langchain_sqlalchemy_cache._schema import cache_table
 from langchain_sqlalchemy_cache._statements import build_statements, entry_row
 
 
