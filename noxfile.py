@@ -37,7 +37,6 @@ def soak(session: nox.Session) -> None:
         "-m",
         "pytest",
         "tests/test_properties.py",
-        "tests/test_codec.py",
         "--timeout=3600",
         *session.posargs,
         env={"HYPOTHESIS_PROFILE": "soak"},
