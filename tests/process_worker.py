@@ -2,8 +2,9 @@
 updates over a shared key set, on one cache table.
 
 Run as ``python -m tests.process_worker URL TABLE WORKER_ID`` (or ``.. TABLE clear`` for
-the process that clears the table once told to). The test drives it through stdin and
-stdout, so that every step is ordered by what the processes have done, not by time:
+the process that clears the table once told to, and reports at once). The test drives
+it through stdin and stdout, so that every step is ordered by what the processes have
+done, not by time:
 
 - it prints ``ready`` once connected, and waits for a line (so every process starts
   together);
@@ -107,8 +108,8 @@ async def run(url: str, table: str, worker: int) -> dict[str, Any]:
     }
 
 
-def clear(url: str, table: str) -> dict[str, float]:
-    """Clear the table once told to, from a process of its own."""
+def clear(url: str, table: str) -> None:
+    """Clear the table once told to, from a process of its own; report at once."""
     cache = SQLAlchemyCache(url, table_name=table, on_error="raise")
     cache.lookup("warm-up", LLM)
     print("ready", flush=True)
@@ -116,14 +117,16 @@ def clear(url: str, table: str) -> dict[str, float]:
     started = time.time()
     cache.clear()
     finished = time.time()
+    print(json.dumps({"started": started, "finished": finished}), flush=True)
     cache.close()
-    return {"started": started, "finished": finished}
 
 
 def main() -> None:
     url, table, role = sys.argv[1:4]
-    report = clear(url, table) if role == "clear" else asyncio.run(run(url, table, int(role)))
-    print(json.dumps(report), flush=True)
+    if role == "clear":
+        clear(url, table)
+    else:
+        print(json.dumps(asyncio.run(run(url, table, int(role)))), flush=True)
 
 
 if __name__ == "__main__":

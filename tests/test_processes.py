@@ -73,10 +73,13 @@ def test_four_processes_and_a_clear_share_one_table(server_url: str) -> None:
         for process in workers:
             expect(process, "busy")
         tell(clearer, "go")
-        outputs = [final_report(clearer)]
+        assert clearer.stdout is not None
+        outputs = [json.loads(clearer.stdout.readline())]  # the clear has finished
         for process in workers:
             tell(process, "the clear has finished")
         outputs += [final_report(process) for process in workers]
+        _, err = clearer.communicate(timeout=240)
+        assert clearer.returncode == 0, err[-2000:]
     finally:
         for process in processes:
             process.kill()
