@@ -10,24 +10,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.ext.asyncio import create_async_engine
+from hypothesis import settings
+from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from langchain_sqlalchemy_cache import SQLAlchemyCache
 
+from .helpers import mysql_url_from_env, postgres_url_from_env, remember
 from .pgproxy import PgProxy
 
-DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
-DEFAULT_MYSQL_URL = "mysql://root@127.0.0.1:3306/test"
 BACKENDS = ("sqlite", "postgresql", "mysql")
 
-
-def _postgres_url() -> str:
-    return os.environ.get("TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
-
-
-def _mysql_url() -> str:
-    return os.environ.get("TEST_MYSQL_URL", DEFAULT_MYSQL_URL)
+# Hypothesis budgets, for tests that do not set their own. "ci" (the default) keeps the
+# whole suite within a few minutes on two cores; "soak" (`nox -s soak`, or
+# HYPOTHESIS_PROFILE=soak) runs the property tests far deeper, for nightly runs.
+# deadline=None: examples talk to real databases on a shared machine, whose latency is
+# not what these tests are about.
+settings.register_profile("ci", max_examples=15, stateful_step_count=20, deadline=None)
+settings.register_profile("soak", max_examples=300, stateful_step_count=50, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def _reachable_server(name: str, url: str, sync_url: str, required_by: str) -> str:
@@ -49,7 +50,7 @@ def _reachable_server(name: str, url: str, sync_url: str, required_by: str) -> s
 @pytest.fixture(scope="session")
 def postgres_url() -> str:
     """The test server's URL; skips (or fails under REQUIRE_POSTGRES=1) if unreachable."""
-    url = _postgres_url()
+    url = postgres_url_from_env()
     sync_url = url.replace("postgresql://", "postgresql+psycopg://", 1)
     return _reachable_server("PostgreSQL", url, sync_url, "REQUIRE_POSTGRES")
 
@@ -57,7 +58,7 @@ def postgres_url() -> str:
 @pytest.fixture(scope="session")
 def mysql_url() -> str:
     """The MySQL/MariaDB test server's URL (TEST_MYSQL_URL); skips unless REQUIRE_MYSQL=1."""
-    url = _mysql_url()
+    url = mysql_url_from_env()
     sync_url = url.replace("mysql://", "mysql+pymysql://", 1).replace(
         "mariadb://", "mariadb+pymysql://", 1
     )
@@ -92,11 +93,12 @@ def make_cache(backend_url: str) -> Iterator[CacheFactory]:
     """Build caches on this test's backend, each on a table of its own, dropped afterwards."""
     made: list[tuple[SQLAlchemyCache, str]] = []
 
-    def factory(**options: object) -> SQLAlchemyCache:
+    def factory(**options: Any) -> SQLAlchemyCache:
         table_name = str(options.pop("table_name", unique_table()))
-        cache = SQLAlchemyCache(backend_url, table_name=table_name, **options)  # type: ignore[arg-type]
+        cache = SQLAlchemyCache(backend_url, table_name=table_name, **options)
         made.append((cache, table_name))
-        return cache
+        # The test knows its table (helpers.table_of) without reading the cache's insides.
+        return remember(cache, table_name, options.get("schema"), options.get("namespace", ""))
 
     yield factory
     for cache, table_name in made:
@@ -117,17 +119,16 @@ async def acache(make_cache: CacheFactory) -> AsyncIterator[SQLAlchemyCache]:
     await cache.aclose()
 
 
-def proxied_engines(postgres_url: str, proxy: PgProxy, **async_options: Any) -> tuple[Any, Any]:
+def proxied_engines(
+    postgres_url: str, proxy: PgProxy, **async_options: Any
+) -> tuple[AsyncEngine, Engine]:
     """An asyncpg and a psycopg engine that reach PostgreSQL through ``proxy``, TLS off."""
-    url = postgres_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
-    url = url.replace("localhost:5432", f"127.0.0.1:{proxy.port}")
+    url = make_url(postgres_url).set(host="127.0.0.1", port=proxy.port)
     async_engine = create_async_engine(
-        url.replace("postgresql://", "postgresql+asyncpg://"),
-        connect_args={"ssl": False},
-        **async_options,
+        url.set(drivername="postgresql+asyncpg"), connect_args={"ssl": False}, **async_options
     )
     sync_engine = create_engine(
-        url.replace("postgresql://", "postgresql+psycopg://"), connect_args={"sslmode": "disable"}
+        url.set(drivername="postgresql+psycopg"), connect_args={"sslmode": "disable"}
     )
     return async_engine, sync_engine
 
@@ -135,7 +136,7 @@ def proxied_engines(postgres_url: str, proxy: PgProxy, **async_options: Any) -> 
 @pytest.fixture
 def proxied_cache(postgres_url: str) -> Iterator[tuple[SQLAlchemyCache, PgProxy]]:
     """A cache whose both engines reach PostgreSQL through a proxy the test controls."""
-    with PgProxy() as proxy:
+    with PgProxy(postgres_url) as proxy:
         async_engine, sync_engine = proxied_engines(postgres_url, proxy)
         table = unique_table()
         # No circuit breaker: these tests check that the pool itself recovers at once.
@@ -150,6 +151,7 @@ def proxied_cache(postgres_url: str) -> Iterator[tuple[SQLAlchemyCache, PgProxy]
         yield cache, proxy
         proxy.accepting = True
         proxy.delay = 0
+        proxy.release_replies()
         drop_table(cache, table)
         sync_engine.dispose()
 

@@ -119,13 +119,13 @@ class Node:
     def query(self, sql: str, *params: object) -> Any:
         """The first column of the first row of ``sql`` run on this node."""
         with self.connect() as connection:
-            row = connection.execute(sql, params or None).fetchone()  # type: ignore[call-overload]
+            row = connection.execute(sql, params or None).fetchone()
             return None if row is None else row[0]
 
     def execute(self, sql: str, *params: object) -> None:
         """Run a statement that returns no rows on this node."""
         with self.connect() as connection:
-            connection.execute(sql, params or None)  # type: ignore[call-overload]
+            connection.execute(sql, params or None)
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -200,8 +200,8 @@ class Cluster:
         target = self.primary.query("SELECT pg_current_wal_lsn()")
         for node in standbys or tuple(self.standbys):
             wait_until(
-                lambda node=node: node.query(
-                    "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", str(target)
+                lambda node=node: bool(  # type: ignore[misc]
+                    node.query("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", str(target))
                 ),
                 f"{node.name} replaying up to {target}",
             )

@@ -1,8 +1,9 @@
 """A TCP proxy on loopback in front of PostgreSQL that reads the client's protocol messages.
 
-It can also slow the server's replies down (``delay``), cut every connection
-(``cut_all``), and refuse new ones (``accepting = False``): a server going away, as
-the cache sees it.
+It can also slow the server's replies down (``delay``), hold them back until told
+(``hold_replies``/``release_replies``), cut every connection (``cut_all``), and refuse
+new ones (``accepting = False``): a server going away, as the cache sees it. Tests wait
+for what it has seen (``wait_until``) rather than for a while.
 
 It counts round trips as the server sees them: every simple ``Query`` and every ``Sync``
 (which ends an extended-protocol exchange) is one trip. It runs its own event loop in
@@ -17,17 +18,29 @@ import asyncio
 import struct
 import threading
 from collections import Counter
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from sqlalchemy import make_url
+
+from .helpers import postgres_url_from_env
 
 _SSL_REQUEST = 80877103
 _GSSENC_REQUEST = 80877104
 
+T = TypeVar("T")
+
 
 class PgProxy:
-    """Forwards 127.0.0.1:<port> to the upstream server and counts client messages."""
+    """Forwards 127.0.0.1:<port> to the upstream server and counts client messages.
 
-    def __init__(self, upstream_host: str = "127.0.0.1", upstream_port: int = 5432) -> None:
-        self.upstream = (upstream_host, upstream_port)
+    The upstream is the host and port of ``postgres_url`` (by default the tests' server,
+    TEST_POSTGRES_URL); a URL without them means PostgreSQL's own defaults.
+    """
+
+    def __init__(self, postgres_url: str | None = None) -> None:
+        server = make_url(postgres_url or postgres_url_from_env())
+        self.upstream = (server.host or "127.0.0.1", server.port or 5432)
         self.messages: Counter[str] = Counter()
         self.delay = 0.0  # seconds added before each chunk of the server's replies
         self.accepting = True
@@ -37,6 +50,10 @@ class PgProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self.held = 0  # server replies the proxy is holding back right now
+        # Per open connection, on the proxy's loop: set while its replies may flow.
+        self._gates: dict[asyncio.StreamWriter, asyncio.Event] = {}
         self.port = 0
 
     def __enter__(self) -> PgProxy:
@@ -68,6 +85,40 @@ class PgProxy:
         with self._lock:
             self.messages.clear()
 
+    def wait_until(self, condition: Callable[[PgProxy], bool], timeout: float = 60) -> None:
+        """Block until ``condition(self)`` holds, re-checked whenever a client message
+        arrives or a reply is held back; fail if it never does (a guard against hanging)."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: condition(self), timeout):
+                raise AssertionError(f"the proxy never saw it happen: {self.messages}")
+
+    def hold_replies(self) -> None:
+        """Keep the server's replies on the connections open now at the proxy until
+        ``release_replies`` (connections opened later are not held: they can connect)."""
+
+        def hold() -> None:
+            for gate in self._gates.values():
+                gate.clear()
+
+        self._in_loop(hold)
+
+    def release_replies(self) -> None:
+        """Let every held reply through."""
+
+        def release() -> None:
+            for gate in self._gates.values():
+                gate.set()
+
+        self._in_loop(release)
+
+    def _in_loop(self, function: Callable[[], T]) -> T:
+        """Run ``function`` on the proxy's loop and return once it has run."""
+
+        async def call() -> T:
+            return function()
+
+        return asyncio.run_coroutine_threadsafe(call(), self._loop).result(10)
+
     def cut_all(self) -> None:
         """Drop every open connection, both ways, as a crashed server or network would."""
 
@@ -89,8 +140,10 @@ class PgProxy:
         port = server_w.get_extra_info("sockname")[1]
         self.upstream_ports.add(port)
         self._writers.update((client_w, server_w))
+        gate = self._gates[client_w] = asyncio.Event()
+        gate.set()
         up = asyncio.ensure_future(self._client_to_server(client_r, server_w))
-        down = asyncio.ensure_future(self._pipe(server_r, client_w, delayed=True))
+        down = asyncio.ensure_future(self._pipe(server_r, client_w, gate))
         try:
             await asyncio.wait([up, down], return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
@@ -102,12 +155,23 @@ class PgProxy:
                 self._writers.discard(writer)
                 writer.close()
             self.upstream_ports.discard(port)
+            self._gates.pop(client_w, None)
 
     async def _pipe(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, delayed: bool = False
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, gate: asyncio.Event
     ) -> None:
+        """The server's replies to one client: held while ``gate`` is clear, and delayed."""
         while data := await reader.read(65536):
-            if delayed and self.delay:
+            if not gate.is_set():
+                with self._changed:
+                    self.held += 1
+                    self._changed.notify_all()
+                try:
+                    await gate.wait()
+                finally:
+                    with self._lock:
+                        self.held -= 1
+            if self.delay:
                 await asyncio.sleep(self.delay)
             writer.write(data)
             await writer.drain()
@@ -129,7 +193,8 @@ class PgProxy:
             kind = chr(head[0])
             (length,) = struct.unpack("!i", head[1:])
             body = await reader.readexactly(length - 4)
-            with self._lock:
+            with self._changed:
                 self.messages[kind] += 1
+                self._changed.notify_all()
             writer.write(head + body)
             await writer.drain()

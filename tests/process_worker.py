@@ -2,10 +2,18 @@
 updates over a shared key set, on one cache table.
 
 Run as ``python -m tests.process_worker URL TABLE WORKER_ID`` (or ``.. TABLE clear`` for
-the process that clears the table once told to). It prints ``ready``, waits
-for a line on stdin (so every process starts together), runs for a few seconds, and
-prints one JSON report: every hit and every write it made, with times, and the errors
-it met.
+the process that clears the table once told to, and reports at once). The test drives
+it through stdin and stdout, so that every step is ordered by what the processes have
+done, not by time:
+
+- it prints ``ready`` once connected, and waits for a line (so every process starts
+  together);
+- a worker prints ``busy`` once it has made ``BUSY_AFTER`` lookups, and keeps going;
+- a worker reads a second line once the clear has finished, and stops after
+  ``AFTER_CLEAR`` more lookups.
+
+At the end it prints one JSON report: every hit and every write it made, with times,
+and the errors it met.
 """
 
 from __future__ import annotations
@@ -22,10 +30,15 @@ from langchain_core.outputs import Generation
 from langchain_sqlalchemy_cache import SQLAlchemyCache
 
 TASKS = 200
-SECONDS = 6.0  # long enough for a clear from another process to land mid-run
+BUSY_AFTER = 500  # lookups before a worker says it is busy
+AFTER_CLEAR = 500  # lookups a worker makes once told the clear has finished
 KEYS = 60
 REFRESH = 0.2  # share of hits that write a new answer anyway, so writes never stop
 LLM = "shared-model"
+
+
+async def read_line() -> str:
+    return await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
 
 
 async def run(url: str, table: str, worker: int) -> dict[str, Any]:
@@ -34,21 +47,40 @@ async def run(url: str, table: str, worker: int) -> dict[str, Any]:
     cache = SQLAlchemyCache(url, table_name=table, on_error="raise", local_max_bytes=0)
     await cache.alookup("warm-up", LLM)  # connect and create the table before the start
     print("ready", flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    await read_line()
     hits: list[tuple[str, str]] = []
     writes: list[tuple[str, str]] = []
     misses: list[float] = []
     errors: list[str] = []
+    lookups = 0
+    told_cleared_at: int | None = None  # lookups made when told the clear had finished
+    done = asyncio.Event()
     started = time.time()
+
+    def count_lookup() -> None:
+        nonlocal lookups
+        lookups += 1
+        if lookups == BUSY_AFTER:
+            print("busy", flush=True)
+        if told_cleared_at is not None and lookups >= told_cleared_at + AFTER_CLEAR:
+            done.set()
+
+    async def listen() -> None:
+        nonlocal told_cleared_at
+        await read_line()
+        told_cleared_at = lookups
 
     async def task(number: int) -> None:
         rng = random.Random(worker * 10_000 + number)
         round_ = 0
-        while time.time() < started + SECONDS:
+        while not done.is_set():
             round_ += 1
             key = f"key-{rng.randrange(KEYS)}"
             try:
-                found = await cache.alookup(key, LLM)
+                try:
+                    found = await cache.alookup(key, LLM)
+                finally:
+                    count_lookup()  # failed ones too: a failing process still gets to the end
                 if found is not None:
                     hits.append((key, found[0].text))
                     if rng.random() >= REFRESH:
@@ -62,7 +94,7 @@ async def run(url: str, table: str, worker: int) -> dict[str, Any]:
             except Exception as exc:
                 errors.append(f"{type(exc).__name__}: {exc}")
 
-    await asyncio.gather(*(task(number) for number in range(TASKS)))
+    await asyncio.gather(listen(), *(task(number) for number in range(TASKS)))
     finished = time.time()
     await cache.aclose()
     return {
@@ -71,13 +103,15 @@ async def run(url: str, table: str, worker: int) -> dict[str, Any]:
         "writes": writes,
         "misses": misses,
         "errors": errors,
+        "lookups": lookups,
+        "told_cleared_at": told_cleared_at,
         "started": started,
         "finished": finished,
     }
 
 
-def clear(url: str, table: str) -> dict[str, float]:
-    """Clear the table once told to, from a process of its own."""
+def clear(url: str, table: str) -> None:
+    """Clear the table once told to, from a process of its own; report at once."""
     cache = SQLAlchemyCache(url, table_name=table, on_error="raise")
     cache.lookup("warm-up", LLM)
     print("ready", flush=True)
@@ -85,14 +119,16 @@ def clear(url: str, table: str) -> dict[str, float]:
     started = time.time()
     cache.clear()
     finished = time.time()
+    print(json.dumps({"started": started, "finished": finished}), flush=True)
     cache.close()
-    return {"started": started, "finished": finished}
 
 
 def main() -> None:
     url, table, role = sys.argv[1:4]
-    report = clear(url, table) if role == "clear" else asyncio.run(run(url, table, int(role)))
-    print(json.dumps(report), flush=True)
+    if role == "clear":
+        clear(url, table)
+    else:
+        print(json.dumps(asyncio.run(run(url, table, int(role)))), flush=True)
 
 
 if __name__ == "__main__":

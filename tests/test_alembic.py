@@ -79,8 +79,9 @@ async def check_cache_works(url: str, table_name: str = DEFAULT_TABLE_NAME) -> N
         assert await cache.alookup("p", "llm") == [Generation(text="sync")]
         await cache.aupdate("q", "llm", [Generation(text="async")])
         assert cache.lookup("q", "llm") == [Generation(text="async")]
+        table = cache_table(MetaData(), table_name)
         async with cache.async_engine.connect() as connection:
-            formats = (await connection.execute(select(cache._table.c.format))).all()
+            formats = (await connection.execute(select(table.c.format))).all()
         assert [row.format for row in formats] == [FORMAT_VERSION, FORMAT_VERSION]
 
 

@@ -4,27 +4,63 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Literal
 
 import pytest
 
-from langchain_sqlalchemy_cache._batching import Coalescer, PerLoop
+from langchain_sqlalchemy_cache._batching import Coalescer
+from langchain_sqlalchemy_cache._loops import PerLoop
+
+
+class WatchedSemaphore(asyncio.Semaphore):
+    """A semaphore that tells when a caller has to wait for it."""
+
+    def __init__(self, value: int) -> None:
+        super().__init__(value)
+        self.waited = asyncio.Event()
+
+    async def acquire(self) -> Literal[True]:
+        if self.locked():
+            self.waited.set()
+        return await super().acquire()
 
 
 class Recorder:
+    """A batch function that records its batches and holds each one until released."""
+
     def __init__(self, slots: int = 1, max_batch: int = 100) -> None:
         self.batches: list[list[str]] = []
-        self.release = asyncio.Event()
-        self.release.set()
+        self.released = 1_000_000  # batches allowed to finish; hold() sets it to 0
+        self.changed = asyncio.Condition()
+        self.slots = WatchedSemaphore(slots)
         self.coalescer: Coalescer[str, str] = Coalescer(
-            self.run, max_batch=max_batch, slots=PerLoop(lambda: asyncio.Semaphore(slots))
+            self.run, max_batch=max_batch, slots=PerLoop(lambda: self.slots)
         )
 
     async def run(self, items: Sequence[str]) -> list[str]:
-        self.batches.append(list(items))
-        await self.release.wait()
+        async with self.changed:
+            self.batches.append(list(items))
+            number = len(self.batches)
+            self.changed.notify_all()
+            await self.changed.wait_for(lambda: self.released >= number)
         if "bad" in items:
             raise RuntimeError("batch failed")
         return [item.upper() for item in items]
+
+    def hold(self) -> None:
+        """Hold every batch from now on in flight until ``release``."""
+        self.released = len(self.batches)
+
+    async def release(self, batches: int = 1_000_000) -> None:
+        """Let the first ``batches`` batches finish (all by default)."""
+        async with self.changed:
+            self.released = batches
+            self.changed.notify_all()
+
+    async def started(self, batches: int) -> None:
+        """Wait until ``batches`` batches have started."""
+        async with self.changed:
+            await self.changed.wait_for(lambda: len(self.batches) >= batches)
 
 
 async def test_a_lone_call_runs_alone_without_waiting_for_company() -> None:
@@ -44,13 +80,13 @@ async def test_what_is_queued_together_runs_together() -> None:
 
 async def test_calls_queued_while_the_slot_is_busy_form_the_next_batch() -> None:
     recorder = Recorder(slots=1)
-    recorder.release.clear()
+    recorder.hold()
     first = asyncio.ensure_future(recorder.coalescer.submit("a"))
-    await asyncio.sleep(0.01)
+    await recorder.started(1)
     later = [asyncio.ensure_future(recorder.coalescer.submit(x)) for x in "bcd"]
-    await asyncio.sleep(0.01)
+    await recorder.slots.waited.wait()  # b, c, d are queued; their batch waits for the slot
     assert recorder.batches == [["a"]]  # the slot is taken: b, c, d wait together
-    recorder.release.set()
+    await recorder.release()
     assert await first == "A"
     assert [await t for t in later] == ["B", "C", "D"]
     assert recorder.batches == [["a"], ["b", "c", "d"]]
@@ -71,13 +107,13 @@ async def test_a_failing_batch_fails_only_its_own_callers() -> None:
 
 async def test_a_cancelled_caller_is_dropped_and_cancels_nobody_else() -> None:
     recorder = Recorder(slots=1)
-    recorder.release.clear()
+    recorder.hold()
     blocker = asyncio.ensure_future(recorder.coalescer.submit("a"))
-    await asyncio.sleep(0.01)
+    await recorder.started(1)
     waiting = {x: asyncio.ensure_future(recorder.coalescer.submit(x)) for x in "bcd"}
-    await asyncio.sleep(0.01)
+    await recorder.slots.waited.wait()  # b, c, d are queued behind a
     waiting["c"].cancel()  # cancelled before its batch formed: not sent at all
-    recorder.release.set()
+    await recorder.release()
     assert await blocker == "A"
     assert await waiting["b"] == "B"
     assert await waiting["d"] == "D"
@@ -88,15 +124,20 @@ async def test_a_cancelled_caller_is_dropped_and_cancels_nobody_else() -> None:
 
 async def test_a_caller_cancelled_mid_batch_leaves_the_batch_running() -> None:
     recorder = Recorder(slots=1)
-    recorder.release.clear()
+    recorder.hold()
+    blocker = asyncio.ensure_future(recorder.coalescer.submit("x"))
+    await recorder.started(1)
     tasks = [asyncio.ensure_future(recorder.coalescer.submit(x)) for x in "abc"]
-    await asyncio.sleep(0.01)
+    await recorder.release(1)  # x's batch finishes; a, b, c go as the next one, held
+    await recorder.started(2)
     tasks[1].cancel()
-    recorder.release.set()
+    await recorder.release()
     results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert await blocker == "X"
     assert results[0] == "A"
     assert isinstance(results[1], asyncio.CancelledError)
     assert results[2] == "C"
+    assert recorder.batches == [["x"], ["a", "b", "c"]]  # b's place was still sent
 
 
 def test_each_event_loop_gets_its_own_queue_and_slots() -> None:

@@ -15,11 +15,12 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from langchain_core.load import dumps
 from langchain_core.outputs import Generation
-from sqlalchemy import column, insert, make_url, table
+from sqlalchemy import ColumnClause, column, insert, make_url, table
 
 from langchain_sqlalchemy_cache import SQLAlchemyCache
 from langchain_sqlalchemy_cache._cli import (
@@ -31,11 +32,9 @@ from langchain_sqlalchemy_cache._cli import (
 )
 from langchain_sqlalchemy_cache._migrate import FULL_LAYOUT, MigrationProgress
 
+from .community import CLAUDE, GPT, VALUES, open_community, store_values
 from .conftest import CacheFactory, unique_table
-from .test_expiry import age
-from .test_migrate import GPT, VALUES, open_community, store_values
-
-CLAUDE = '{"model": "claude"}'
+from .helpers import age, run_cli, table_of, value
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -48,26 +47,11 @@ def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     return status, out, err
 
 
-def run_cli(*args: str, stdin: int | None = subprocess.DEVNULL) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "langchain_sqlalchemy_cache", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        stdin=stdin,
-    )
-
-
 def assert_one_line_error(err: str, *fragments: str) -> None:
     assert "Traceback" not in err
     assert len(err.strip().splitlines()) == 1, err
     for fragment in fragments:
         assert fragment in err
-
-
-def value(text_: str) -> list[Generation]:
-    return [Generation(text=text_)]
 
 
 @pytest.fixture
@@ -78,7 +62,7 @@ def stocked(make_cache: CacheFactory) -> SQLAlchemyCache:
         cache.update(f"gpt {i}", GPT, value(f"answer {i}"))
     for i in range(2):
         cache.update(f"claude {i}", CLAUDE, value(f"answer {i}"))
-    make_cache(table_name=cache._table.name, namespace="team").update("p", GPT, value("t"))
+    make_cache(table_name=table_of(cache).name, namespace="team").update("p", GPT, value("t"))
     return cache
 
 
@@ -173,7 +157,7 @@ def test_ages_are_rounded_to_their_largest_unit() -> None:
 def test_stats_into_a_closed_pipe_is_quiet(backend_url: str, stocked: SQLAlchemyCache) -> None:
     # `stats URL | head -1`: the reader leaves early; no error, no traceback.
     command = [sys.executable, "-m", "langchain_sqlalchemy_cache", "stats", backend_url]
-    command += ["--table", stocked._table.name]
+    command += ["--table", table_of(stocked).name]
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
         assert process.stdout is not None
         process.stdout.close()  # before it writes a word
@@ -188,7 +172,7 @@ def test_stats_into_a_closed_pipe_is_quiet(backend_url: str, stocked: SQLAlchemy
 def test_stats(
     capsys: pytest.CaptureFixture[str], backend_url: str, stocked: SQLAlchemyCache
 ) -> None:
-    name = stocked._table.name
+    name = table_of(stocked).name
     status, out, err = cli(capsys, "stats", backend_url, "--table", name)
     assert (status, err) == (0, "")
     lines = out.splitlines()
@@ -230,7 +214,7 @@ def test_stats_of_a_missing_table_or_another_layout(
 
 
 def test_stats_subprocess(backend_url: str, stocked: SQLAlchemyCache) -> None:
-    result = run_cli("stats", backend_url, "--table", stocked._table.name)
+    result = run_cli("stats", backend_url, "--table", table_of(stocked).name)
     assert result.returncode == 0, result.stderr
     assert "entries:   5" in result.stdout
     missing = run_cli("stats", backend_url, "--table", "no_such_table")
@@ -274,7 +258,7 @@ def test_unusable_urls(capsys: pytest.CaptureFixture[str], url: str, message: st
 def test_purge(
     capsys: pytest.CaptureFixture[str], backend_url: str, stocked: SQLAlchemyCache
 ) -> None:
-    name = stocked._table.name
+    name = table_of(stocked).name
     age(stocked, "gpt 0", 3 * 86400, GPT)
     age(stocked, "gpt 1", 2 * 86400, GPT)
     status, out, err = cli(capsys, "purge", backend_url, "--table", name, "--ttl", "2.5d")
@@ -304,7 +288,7 @@ def test_purge(
 
 def test_purge_subprocess(backend_url: str, stocked: SQLAlchemyCache) -> None:
     age(stocked, "gpt 0", 7200, GPT)
-    result = run_cli("purge", backend_url, "--table", stocked._table.name, "--ttl", "90m")
+    result = run_cli("purge", backend_url, "--table", table_of(stocked).name, "--ttl", "90m")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("deleted 1 entries written more than 90m ago")
     bad = run_cli("purge", backend_url, "--ttl", "soon")
@@ -321,7 +305,7 @@ def test_purge_subprocess(backend_url: str, stocked: SQLAlchemyCache) -> None:
 def test_clear_with_yes(
     capsys: pytest.CaptureFixture[str], backend_url: str, stocked: SQLAlchemyCache
 ) -> None:
-    name = stocked._table.name
+    name = table_of(stocked).name
     where = f"table {name!r} in {hide_password(backend_url)}"
     age(stocked, "claude 0", 3600, CLAUDE)
     filters = ["--llm-string", CLAUDE, "--older-than", "30m", "--yes"]
@@ -359,7 +343,7 @@ def test_clear_refuses_without_yes_when_stdin_is_not_a_terminal(
     stocked: SQLAlchemyCache,
 ) -> None:
     monkeypatch.setattr(sys, "stdin", io.StringIO("y\n"))  # piped input: not a terminal
-    status, out, err = cli(capsys, "clear", backend_url, "--table", stocked._table.name)
+    status, out, err = cli(capsys, "clear", backend_url, "--table", table_of(stocked).name)
     assert status == 1
     assert out.startswith("5 entries would be deleted from table")
     assert err == "error: clear asks for confirmation and stdin is not a terminal: pass --yes\n"
@@ -367,7 +351,7 @@ def test_clear_refuses_without_yes_when_stdin_is_not_a_terminal(
 
 
 def test_clear_subprocess(backend_url: str, stocked: SQLAlchemyCache) -> None:
-    name = stocked._table.name
+    name = table_of(stocked).name
     refused = run_cli("clear", backend_url, "--table", name)
     assert refused.returncode == 1
     assert_one_line_error(refused.stderr, "pass --yes")
@@ -409,7 +393,7 @@ def clear_on_a_terminal(url: str, table_name: str, answer: str) -> tuple[int, st
 
 
 def test_clear_asks_on_a_terminal(backend_url: str, stocked: SQLAlchemyCache) -> None:
-    name = stocked._table.name
+    name = table_of(stocked).name
     status, out = clear_on_a_terminal(backend_url, name, "n")
     assert status == 1
     assert "5 entries would be deleted from table" in out
@@ -562,7 +546,7 @@ def test_migrate_interrupted_by_ctrl_c_then_rerun(tmp_path: Path) -> None:
             assert ours.lookup("p0", GPT) == ours.lookup(f"p{count - 1}", GPT) == value("cached")
 
 
-def community_columns() -> list[object]:
+def community_columns() -> list[ColumnClause[Any]]:
     return [column(name) for name in FULL_LAYOUT.columns]
 
 

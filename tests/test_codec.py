@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import datetime
-import json
 import logging
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -17,6 +17,8 @@ from langchain_sqlalchemy_cache._codec import (
     decode_generations,
     encode_generations,
 )
+
+from .helpers import HOSTILE_PAYLOADS
 
 json_scalars = (
     st.none()
@@ -46,10 +48,11 @@ def ai_messages(draw: st.DrawFn, cls: type[AIMessage] = AIMessage) -> AIMessage:
             st.integers(0, 10**6),
         )
     )
-    content = draw(
+    drawn = draw(
         texts
         | st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": texts}), max_size=2)
     )
+    content: str | list[str | dict[Any, Any]] = drawn if isinstance(drawn, str) else [*drawn]
     return cls(
         content=content,
         id=draw(st.none() | texts),
@@ -77,6 +80,7 @@ def generations(draw: st.DrawFn) -> list[Generation]:
             result.append(ChatGeneration(message=draw(ai_messages()), generation_info=info))
         elif kind == "chat chunk":
             message = draw(ai_messages(AIMessageChunk))
+            assert isinstance(message, AIMessageChunk)
             result.append(ChatGenerationChunk(message=message, generation_info=info))
         else:
             result.append(
@@ -137,41 +141,6 @@ def test_classes_outside_the_allowlist_are_refused() -> None:
 
     with pytest.raises(UncacheableError, match="not one of the cacheable classes"):
         encode_generations([MyGeneration(text="t")])
-
-
-HOSTILE_PAYLOADS = {
-    "langchain_core constructor of a prompt template": json.dumps(
-        [
-            {
-                "lc": 1,
-                "type": "constructor",
-                "id": ["langchain", "prompts", "prompt", "PromptTemplate"],
-                "kwargs": {"template": "{x}", "input_variables": ["x"]},
-            }
-        ]
-    ),
-    "a class outside the allowlist": json.dumps(
-        [{"class": "PromptTemplate", "fields": {"template": "{x}", "input_variables": ["x"]}}]
-    ),
-    "a message class outside the allowlist": json.dumps(
-        [
-            {
-                "class": "ChatGeneration",
-                "fields": {},
-                "message": {"class": "ChatOpenAI", "fields": {}},
-            }
-        ]
-    ),
-    "a secret placeholder": json.dumps(
-        [{"class": "Generation", "fields": {"text": {"lc": 1, "type": "secret", "id": ["HOME"]}}}]
-    ),
-    "truncated json": '[{"class": "Generation", "fields": {"te',
-    "not a list": json.dumps({"class": "Generation", "fields": {"text": "x"}}),
-    "fields not an object": json.dumps([{"class": "Generation", "fields": ["text"]}]),
-    "deeply nested": "[" * 100_000 + "]" * 100_000,
-    "empty": "",
-    "huge": "[" + '{"class": "Generation", "fields": {"text": 1}},' * 100_000 + "1]",
-}
 
 
 @pytest.mark.parametrize("name", list(HOSTILE_PAYLOADS))

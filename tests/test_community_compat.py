@@ -169,7 +169,11 @@ def test_other_cache_schema_says_what_is_stored_and_how_to_keep_entries(
     cls: type[SQLAlchemyCache], tmp_path: Path
 ) -> None:
     engine = create_engine(f"sqlite:///{tmp_path / 'c.db'}")
-    for call in (lambda: cls(engine, MyCache), lambda: cls(engine, cache_schema=MyCache)):
+    calls: list[Callable[[], SQLAlchemyCache]] = [
+        lambda: cls(engine, MyCache),
+        lambda: cls(engine, cache_schema=MyCache),
+    ]
+    for call in calls:
         with pytest.raises(ConfigurationError) as caught:
             call()
         message = str(caught.value)
@@ -461,7 +465,7 @@ async def test_pair_on_another_database_is_refused(
     call = cache.alookup("p", "llm") if async_first else asyncio.to_thread(cache.lookup, "p", "llm")
     with pytest.raises(ConfigurationError, match="different tables") as caught:
         await call
-    assert make_url(there).database in str(caught.value)
+    assert str(make_url(there).database) in str(caught.value)
     with pytest.raises(ConfigurationError, match="different tables"):
         await cache.aupdate("p", "llm", [Generation(text="x")])
     await async_engine.dispose()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from langchain_core.outputs import Generation
@@ -13,6 +14,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from langchain_sqlalchemy_cache import SQLAlchemyCache
 
 from .conftest import CacheFactory, drop_table, unique_table
+from .helpers import queue_pool
 from .pgproxy import PgProxy
 
 LLM = "llm"
@@ -40,12 +42,13 @@ async def test_every_async_call_is_one_round_trip_on_postgres(
         await cache.alookup("p", LLM)
         await cache.alookup("missing", LLM)
         await cache.aclear()
-    for call in (
+    calls: list[Callable[[], Awaitable[object]]] = [
         lambda: cache.aupdate("p", LLM, value),
         lambda: cache.alookup("p", LLM),
         lambda: cache.alookup("missing", LLM),
         lambda: cache.aclear(),
-    ):
+    ]
+    for call in calls:
         proxy.reset()
         await call()
         assert proxy.round_trips == 1, dict(proxy.messages)
@@ -60,12 +63,13 @@ def test_every_sync_call_is_one_round_trip_on_postgres(
     value = [Generation(text="x")]
     cache.update("p", LLM, value)
     cache.lookup("p", LLM)
-    for call in (
+    calls: list[Callable[[], object]] = [
         lambda: cache.update("p", LLM, value),
         lambda: cache.lookup("p", LLM),
         lambda: cache.lookup("missing", LLM),
         lambda: cache.clear(),
-    ):
+    ]
+    for call in calls:
         proxy.reset()
         call()
         assert proxy.round_trips == 1, dict(proxy.messages)
@@ -167,9 +171,8 @@ async def test_ten_thousand_concurrent_calls_on_a_pool_of_five(backend_url: str)
     # default 2 s, and would then (rightly) give up; this tests that none gets an error.
     cache = SQLAlchemyCache(engine, table_name=table, timeout=None)
     checked_out: list[int] = []
-    event.listen(
-        engine.sync_engine.pool, "checkout", lambda *a: checked_out.append(engine.pool.checkedout())
-    )
+    pool = queue_pool(engine)
+    event.listen(pool, "checkout", lambda *a: checked_out.append(pool.checkedout()))
 
     async def call(i: int) -> Any:
         if i % 10 == 0:

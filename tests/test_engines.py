@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from langchain_sqlalchemy_cache import ConfigurationError, SQLAlchemyCache, SQLiteCache
 
 from .conftest import CacheFactory, drop_table, unique_table
+from .helpers import queue_pool
 
 LLM = "llm"
 
@@ -165,18 +166,18 @@ def test_configuration_error_is_a_value_error() -> None:
 def test_close_disposes_only_owned_engines(tmp_path: Path) -> None:
     cache = SQLAlchemyCache(f"sqlite:///{tmp_path / 'c.db'}")
     cache.update("p", LLM, [Generation(text="x")])
-    assert cache.sync_engine.pool.checkedin() == 1
+    assert queue_pool(cache.sync_engine).checkedin() == 1
     cache.close()
-    assert cache.sync_engine.pool.checkedin() == 0
+    assert queue_pool(cache.sync_engine).checkedin() == 0
 
 
 async def test_async_context_manager_closes_async_connections(postgres_url: str) -> None:
     table = unique_table()
     async with SQLAlchemyCache(postgres_url, table_name=table) as cache:
         await cache.aupdate("p", LLM, [Generation(text="x")])
-        assert cache.async_engine.sync_engine.pool.checkedin() >= 1
+        assert queue_pool(cache.async_engine).checkedin() >= 1
         drop_table(cache, table)
-    assert cache.async_engine.sync_engine.pool.checkedin() == 0
+    assert queue_pool(cache.async_engine).checkedin() == 0
 
 
 def test_sqlite_engines_use_wal_and_a_busy_timeout(tmp_path: Path) -> None:

@@ -6,28 +6,14 @@ import time
 from datetime import timedelta
 
 import pytest
-from langchain_core.outputs import Generation
 from sqlalchemy import update
 
 from langchain_sqlalchemy_cache import ConfigurationError, SQLAlchemyCache
 
 from .conftest import CacheFactory
+from .helpers import age, key_of, table_of, value
 
 LLM = "llm"
-
-
-def value(text_: str) -> list[Generation]:
-    return [Generation(text=text_)]
-
-
-def age(cache: SQLAlchemyCache, prompt: str, seconds: float, llm_string: str = LLM) -> None:
-    """Make an entry look written ``seconds`` ago (rather than sleeping in a test)."""
-    table = cache._table
-    key = cache._key(prompt, llm_string)
-    with cache.sync_engine.connect() as connection:
-        connection.execute(
-            update(table).where(table.c.key == key).values(updated_at=time.time() - seconds)
-        )
 
 
 async def test_an_expired_entry_is_a_miss(make_cache: CacheFactory) -> None:
@@ -63,9 +49,9 @@ async def test_purge_deletes_only_expired_entries_in_batches(make_cache: CacheFa
     cache = make_cache(ttl=60)
     for i in range(2500):
         cache.update(f"p{i}", LLM, value(str(i)))
-    table = cache._table
+    table = table_of(cache)
     with cache.sync_engine.connect() as connection:  # age 2,300 of them at once
-        keep = [cache._key(f"p{i}", LLM) for i in range(200)]
+        keep = [key_of(cache, f"p{i}", LLM) for i in range(200)]
         connection.execute(
             update(table).where(table.c.key.not_in(keep)).values(updated_at=time.time() - 120)
         )

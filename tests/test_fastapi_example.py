@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -181,14 +181,29 @@ async def called(model: SlowEchoModel, prompt: str) -> None:
         await asyncio.sleep(0.005)
 
 
-async def test_a_client_that_goes_away_cancels_nothing_shared(backend_url: str, table: str) -> None:
+async def test_a_client_that_goes_away_cancels_nothing_shared(
+    backend_url: str, table: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     app = create_app(backend_url, SlowEchoModel(delay=0.2), table_name=table)
     async with serving(app) as client:
         model: SlowEchoModel = app.state.model
+        # Told when a request has come to the shared calls (the app's SingleFlight).
+        flight: fastapi_app.SingleFlight[str, str] = app.state.calls
+        arrived: list[str] = []
+        came = asyncio.Condition()
+
+        async def run(key: str, call: Callable[[], Awaitable[str]]) -> str:
+            async with came:
+                arrived.append(key)
+                came.notify_all()
+            return await fastapi_app.SingleFlight.run(flight, key, call)
+
+        monkeypatch.setattr(flight, "run", run)
         leader = asyncio.create_task(ask(client, "shared"))
         await called(model, "shared")
         follower = asyncio.create_task(ask(client, "shared"))
-        await asyncio.sleep(0.05)
+        async with came:  # the follower waits on the leader's call
+            await came.wait_for(lambda: arrived == ["shared", "shared"])
         leader.cancel()
         response = await follower
         assert leader.cancelled()

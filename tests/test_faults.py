@@ -5,23 +5,17 @@ and no fault reaches the caller with on_error="miss"."""
 from __future__ import annotations
 
 import asyncio
-import random
-from collections.abc import Awaitable, Callable
-from typing import Any
+from pathlib import Path
 
 import psycopg
-from langchain_core.outputs import Generation
 
 from langchain_sqlalchemy_cache import SQLAlchemyCache
 
 from .conftest import drop_table, proxied_engines, unique_table
+from .helpers import cancellation_storm, eventually, queue_pool, value
 from .pgproxy import PgProxy
 
 LLM = "llm"
-
-
-def value(text_: str) -> list[Generation]:
-    return [Generation(text=text_)]
 
 
 def server_sessions(postgres_url: str, proxy: PgProxy) -> list[int]:
@@ -34,38 +28,23 @@ def server_sessions(postgres_url: str, proxy: PgProxy) -> list[int]:
     return [row[0] for row in rows]
 
 
-async def cancellation_storm(
-    call: Callable[[int], Awaitable[Any]], expected: Callable[[int], Any], seed: int
-) -> None:
-    """500 calls, each cancelled after a random 0-50 ms; those that finish are right."""
-    rng = random.Random(seed)
-
-    async def call_then_cancel(i: int) -> None:
-        task = asyncio.ensure_future(call(i))
-        await asyncio.sleep(rng.uniform(0, 0.05))
-        task.cancel()
-        try:
-            result = await task
-        except asyncio.CancelledError:
-            return
-        assert result is None or result == expected(i)
-
-    await asyncio.gather(*(call_then_cancel(i) for i in range(500)))
-
-
 async def test_a_cancelled_lookup_never_crosses_replies(
     proxied_cache: tuple[SQLAlchemyCache, PgProxy],
 ) -> None:
     cache, proxy = proxied_cache
     await cache.aupdate("A", LLM, value("answer A"))
     await cache.aupdate("B", LLM, value("answer B"))
-    proxy.delay = 0.2
+    proxy.hold_replies()
     lookup_a = asyncio.ensure_future(cache.alookup("A", LLM))
-    await asyncio.sleep(0.05)  # A's query is on the wire, its reply held back
-    assert proxy.messages["S"] > 0
+    # A's query has been answered by the server; the answer is held at the proxy.
+    await asyncio.to_thread(proxy.wait_until, lambda p: p.held == 1)
     lookup_a.cancel()
-    assert await cache.alookup("B", LLM) == value("answer B")
-    proxy.delay = 0
+    syncs = proxy.messages["S"]
+    lookup_b = asyncio.ensure_future(cache.alookup("B", LLM))
+    await asyncio.to_thread(proxy.wait_until, lambda p: p.messages["S"] > syncs)  # B sent
+    proxy.release_replies()  # A's answer arrives while B waits for its own
+    assert await lookup_b == value("answer B")
+    assert lookup_a.cancelled()
     assert await cache.alookup("A", LLM) == value("answer A")
     assert await cache.alookup("B", LLM) == value("answer B")
     await cache.async_engine.dispose()
@@ -88,15 +67,15 @@ async def test_cancellation_storm_leaks_nothing(
         seed=3,
     )
     proxy.delay = 0
-    await asyncio.sleep(0.2)  # batches already sent finish on their own
-    pool = cache.async_engine.pool
-    assert pool.checkedout() == 0
+    pool = queue_pool(cache.async_engine)
+    # Batches already sent when their callers were cancelled finish on their own.
+    await eventually(lambda: pool.checkedout() == 0, "every connection back in the pool")
     # Plus the sync engine's idle connection: the first use checks which table it reaches.
-    sync_idle = cache.sync_engine.pool.checkedin()  # type: ignore[attr-defined]
-    assert len(server_sessions(postgres_url, proxy)) <= pool.size() + sync_idle  # type: ignore[attr-defined]
+    sync_idle = queue_pool(cache.sync_engine).checkedin()
+    assert len(server_sessions(postgres_url, proxy)) <= pool.size() + sync_idle
     results = await asyncio.gather(*(cache.alookup(f"p{i % 50}", LLM) for i in range(1000)))
     assert results == [value(str(i % 50)) for i in range(1000)]
-    assert cache._policy.errors == 0
+    assert cache.stats().errors == 0
     await cache.async_engine.dispose()
 
 
@@ -106,17 +85,20 @@ async def test_the_server_going_away_is_invisible_then_recovered(
     cache, proxy = proxied_cache
     for i in range(20):
         await cache.aupdate(f"p{i}", LLM, value(str(i)))
-    # Every connection cut mid-load, and the server unreachable for a while.
+    # Every connection cut mid-load (queries answered, answers held back at the proxy),
+    # and the server unreachable for a while.
+    proxy.hold_replies()
     load = asyncio.gather(*(cache.alookup(f"p{i % 20}", LLM) for i in range(200)))
-    await asyncio.sleep(0)
+    await asyncio.to_thread(proxy.wait_until, lambda p: p.held > 0)
     proxy.accepting = False
     proxy.cut_all()
+    proxy.release_replies()
     results = await load
     assert all(r is None or r == value(str(i % 20)) for i, r in enumerate(results))
     assert await cache.alookup("p1", LLM) is None  # down: a miss, not an exception
     await cache.aupdate("p1", LLM, value("lost"))  # down: skipped, not an exception
     assert cache.lookup("p1", LLM) is None
-    assert cache._policy.errors > 0
+    assert cache.stats().errors > 0
     # Back: the same cache object hits again.
     proxy.accepting = True
     assert await cache.alookup("p2", LLM) == value("2")
@@ -139,12 +121,12 @@ async def test_killed_server_sessions_are_replaced_without_a_miss(
     # Pooled connections are dead now; one retry on a fresh connection serves the call.
     assert await cache.alookup("p", LLM) == value("x")
     assert cache.lookup("q", LLM) == value("y")
-    assert cache._policy.errors == 0
+    assert cache.stats().errors == 0
     await cache.async_engine.dispose()
 
 
 async def test_no_pool_timeout_when_the_server_is_slow(postgres_url: str) -> None:
-    with PgProxy() as proxy:
+    with PgProxy(postgres_url) as proxy:
         async_engine, sync_engine = proxied_engines(
             postgres_url, proxy, pool_size=2, max_overflow=0, pool_timeout=1
         )
@@ -154,14 +136,14 @@ async def test_no_pool_timeout_when_the_server_is_slow(postgres_url: str) -> Non
         proxy.delay = 0.05  # each statement takes long enough to exhaust a pool of 2
         results = await asyncio.gather(*(cache.alookup(f"p{i % 3}", LLM) for i in range(3000)))
         assert results.count(value("x")) == 1000
-        assert cache._policy.errors == 0
+        assert cache.stats().errors == 0
         proxy.delay = 0
         drop_table(cache, table)
         await async_engine.dispose()
         sync_engine.dispose()
 
 
-async def test_cancellation_storm_on_sqlite_leaks_nothing(tmp_path: Any) -> None:
+async def test_cancellation_storm_on_sqlite_leaks_nothing(tmp_path: Path) -> None:
     # No proxy for a file: the queue in front of SQLite's single in-flight statement is
     # what keeps calls waiting here, so cancellations land both in the queue and mid-batch.
     table = unique_table()
@@ -172,10 +154,10 @@ async def test_cancellation_storm_on_sqlite_leaks_nothing(tmp_path: Any) -> None
     await cancellation_storm(
         lambda i: cache.alookup(f"p{i % 50}", LLM), lambda i: value(f"{i % 50}{big}"), seed=5
     )
-    await asyncio.sleep(0.2)
-    assert cache.async_engine.pool.checkedout() == 0
+    pool = queue_pool(cache.async_engine)
+    await eventually(lambda: pool.checkedout() == 0, "every connection back in the pool")
     results = await asyncio.gather(*(cache.alookup(f"p{i % 50}", LLM) for i in range(1000)))
     assert results == [value(f"{i % 50}{big}") for i in range(1000)]
-    assert cache._policy.errors == 0
+    assert cache.stats().errors == 0
     drop_table(cache, table)
     await cache.aclose()

@@ -40,7 +40,7 @@ def _index_columns(url: str, table_name: str, schema: str | None = None) -> set[
     engine = create_engine(_sync_url(url))
     try:
         return {
-            tuple(index["column_names"])
+            tuple(str(name) for name in index["column_names"])
             for index in inspect(engine).get_indexes(table_name, schema=schema)
         }
     finally:

@@ -41,7 +41,7 @@ def test_invoke_twice_calls_the_model_once(global_cache: SQLAlchemyCache) -> Non
     second = model.invoke(MESSAGES)
     assert model.calls == 1
     assert second.content == first.content
-    assert second.tool_calls == first.tool_calls  # type: ignore[attr-defined]
+    assert second.tool_calls == first.tool_calls
 
 
 async def test_sync_and_async_calls_share_entries(global_cache: SQLAlchemyCache) -> None:

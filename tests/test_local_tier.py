@@ -103,7 +103,7 @@ def test_a_hit_changed_by_its_caller_does_not_change_the_next(cache: SQLAlchemyC
     first = cache.lookup("p", LLM)
     assert first is not None
     first[0].message.content = "changed"  # type: ignore[attr-defined]
-    first.append(Generation(text="extra"))
+    first.append(Generation(text="extra"))  # type: ignore[attr-defined]
     second = cache.lookup("p", LLM)
     assert second == answer
     assert second is not first

@@ -7,21 +7,17 @@ import random
 import time
 
 import pytest
-from langchain_core.outputs import Generation
 from sqlalchemy import func, select
 
 from langchain_sqlalchemy_cache import ConfigurationError, SQLAlchemyCache
 from langchain_sqlalchemy_cache._eviction import check_interval
 
 from .conftest import CacheFactory, drop_table, start_threads, unique_table
-
-
-def value(text_: str) -> list[Generation]:
-    return [Generation(text=text_)]
+from .helpers import table_of, value
 
 
 def count(cache: SQLAlchemyCache, namespace: str = "") -> int:
-    table = cache._table
+    table = table_of(cache)
     with cache.sync_engine.connect() as connection:
         return int(
             connection.execute(

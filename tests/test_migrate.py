@@ -9,37 +9,23 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from langchain_core.load import dumps
-from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
-from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, Generation, GenerationChunk
+from langchain_core.messages import AIMessage
+from langchain_core.outputs import Generation
 from langchain_core.prompts import PromptTemplate
 from sqlalchemy import (
-    Column,
-    Engine,
-    Integer,
     MetaData,
-    String,
-    Text,
-    column,
-    create_engine,
     distinct,
     func,
-    insert,
-    make_url,
     select,
-    table,
     text,
 )
 from sqlalchemy.dialects import mysql, postgresql, sqlite
-from sqlalchemy.orm import DeclarativeBase
 
 from langchain_sqlalchemy_cache import ConfigurationError, SQLAlchemyCache, cache_table
 from langchain_sqlalchemy_cache._migrate import (
@@ -56,105 +42,12 @@ from langchain_sqlalchemy_cache._migrate import (
 )
 from langchain_sqlalchemy_cache._statements import build_insert_absent, entry_row, rows_params
 
+from .community import CLAUDE, GPT, VALUES, Community, open_community, store_values
 from .conftest import unique_table
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from langchain_community import cache as community_cache
-
-GPT = '{"model": "gpt", "temperature": 0}'
-CLAUDE = '{"model": "claude"}'
-
-
-class _MySQLBase(DeclarativeBase):
-    pass
-
-
-class MySQLFullLLMCache(_MySQLBase):
-    """langchain_community's FullLLMCache as a MySQL user had to declare it and pass as
-    ``cache_schema``: its own columns have no length, which MySQL refuses. With utf8mb4,
-    700 + 60 characters is what fits in InnoDB's 3072-byte primary key."""
-
-    __tablename__ = "full_llm_cache"
-    prompt = Column(String(700), primary_key=True)
-    llm = Column(String(60), primary_key=True)
-    idx = Column(Integer, primary_key=True)
-    response = Column(Text)
-
-
-class MySQLFullMd5LLMCache(_MySQLBase):
-    """langchain_community's FullMd5LLMCache with lengths, for MySQL."""
-
-    __tablename__ = "full_md5_llm_cache"
-    id = Column(String(64), primary_key=True)
-    prompt_md5 = Column(String(32), index=True)
-    llm = Column(String(200), index=True)
-    idx = Column(Integer, index=True)
-    prompt = Column(Text)
-    response = Column(Text)
-
-
-@dataclass
-class Community:
-    """langchain_community's caches on the test's database (a private schema on PostgreSQL)."""
-
-    url: str
-    engine: Engine
-    schema: str | None
-
-    def full(self) -> Any:
-        if self.engine.dialect.name == "mysql":
-            return community_cache.SQLAlchemyCache(self.engine, MySQLFullLLMCache)
-        return community_cache.SQLAlchemyCache(self.engine)
-
-    def md5(self) -> Any:
-        if self.engine.dialect.name == "mysql":
-            return community_cache.SQLAlchemyMd5Cache(self.engine, MySQLFullMd5LLMCache)
-        return community_cache.SQLAlchemyMd5Cache(self.engine)
-
-    def insert_rows(self, table_name: str, rows: Sequence[dict[str, Any]]) -> None:
-        """Rows written by hand, as an old release or a hostile writer would."""
-        names = list(rows[0])
-        target = table(table_name, *(column(name) for name in names), schema=self.schema)
-        with self.engine.begin() as connection:
-            connection.execute(insert(target), list(rows))
-
-    def snapshot(self, table_name: str) -> list[tuple[Any, ...]]:
-        """Every row of a source table, in a fixed order."""
-        layout = FULL_LAYOUT if table_name == FULL_LAYOUT.name else MD5_LAYOUT
-        source = source_table(table_name, self.schema, layout)
-        query = select(*source.c).order_by(*(source.c[name] for name in layout.order))
-        with self.engine.connect() as connection:
-            return [tuple(row) for row in connection.execute(query)]
-
-    def ours(self, **options: Any) -> SQLAlchemyCache:
-        return SQLAlchemyCache(self.url, schema=self.schema, **options)
-
-
-@contextmanager
-def open_community(backend_url: str) -> Iterator[Community]:
-    """Community caches on ``backend_url``; on PostgreSQL in a schema of their own (on
-    MySQL, a database), dropped afterwards, so the real table names (full_llm_cache) are
-    used without clashing."""
-    url = make_url(backend_url)
-    if url.get_backend_name() == "sqlite":
-        engine = create_engine(url)
-        yield Community(backend_url, engine, None)
-        engine.dispose()
-        return
-    schema = f"mig_{uuid.uuid4().hex[:10]}"
-    sync_driver = "mysql+pymysql" if url.get_backend_name() == "mysql" else "postgresql+psycopg"
-    base = create_engine(url.set(drivername=sync_driver))
-    kind, cascade = ("DATABASE", "") if sync_driver.startswith("mysql") else ("SCHEMA", " CASCADE")
-    with base.begin() as connection:
-        connection.execute(text(f"CREATE {kind} {schema}"))
-    engine = base.execution_options(schema_translate_map={None: schema})
-    try:
-        yield Community(backend_url, engine, schema)
-    finally:
-        with base.begin() as connection:
-            connection.execute(text(f"DROP {kind} {schema}{cascade}"))
-        base.dispose()
 
 
 @pytest.fixture
@@ -167,54 +60,6 @@ def community_lookup(cache: Any, prompt: str, llm: str) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # loads()' pending deprecation, the fallback warning
         return cache.lookup(prompt, llm)
-
-
-# What the tests store through langchain_community.
-
-TOOL_CALL_MESSAGE = AIMessage(
-    content="Let me look that up.",
-    tool_calls=[{"name": "search", "args": {"query": "weather", "n": 3}, "id": "call_1"}],
-    usage_metadata={
-        "input_tokens": 12,
-        "output_tokens": 7,
-        "total_tokens": 19,
-        "input_token_details": {"cache_read": 4},
-    },
-    response_metadata={"model_name": "gpt", "finish_reason": "tool_calls"},
-    id="run-42",
-)
-VALUES: dict[tuple[str, str], list[Generation]] = {
-    ("Hello", GPT): [Generation(text="Hi there")],
-    ("Hello", CLAUDE): [Generation(text="Hello!", generation_info={"finish_reason": "stop"})],
-    ("weather?", GPT): [
-        ChatGeneration(message=TOOL_CALL_MESSAGE, generation_info={"finish_reason": "tool_calls"})
-    ],
-    ("three answers", GPT): [
-        Generation(text="one"),
-        Generation(text="two", generation_info={"logprobs": [0.1, -2.5], "n": None}),
-        GenerationChunk(text="three"),
-    ],
-    ("chat chunks", CLAUDE): [
-        ChatGenerationChunk(message=AIMessageChunk(content="par", id="c-1")),
-        ChatGeneration(message=AIMessage(content=[{"type": "text", "text": "blocks"}])),
-        ChatGeneration(message=HumanMessage(content="echo", name="user")),
-        ChatGeneration(message=ToolMessage(content="42", tool_call_id="call_1")),
-    ],
-    ("日本語の質問 🎉 — é\u00e9 \U0001f600", GPT): [
-        Generation(text='答え 🎉 \u2028 line\nbreak \\ "quoted" \t')
-    ],
-    ("user data shaped like a serialized object", GPT): [
-        # langchain_core escapes a user dict with an "lc" key; load() unescapes it.
-        Generation(text="x", generation_info={"lc": 1, "type": "secret", "id": ["HOME"]})
-    ],
-    ("empty answer", GPT): [Generation(text="")],
-    ("p" * 700, GPT): [Generation(text="a long prompt")],
-}
-
-
-def store_values(cache: Any) -> None:
-    for (prompt, llm), generations in VALUES.items():
-        cache.update(prompt, llm, generations)
 
 
 def assert_same_lookups(community_cache_: Any, ours: SQLAlchemyCache) -> None:
@@ -373,7 +218,8 @@ def test_layouts_are_told_by_their_columns() -> None:
 
 def test_statement_builders_compile_for_every_dialect() -> None:
     destination = cache_table(MetaData(), "dest")
-    for dialect in (postgresql.dialect(), sqlite.dialect(), mysql.dialect()):
+    postgres = postgresql.dialect()  # type: ignore[no-untyped-call]  # not annotated
+    for dialect in (postgres, sqlite.dialect(), mysql.dialect()):
         for layout in (FULL_LAYOUT, MD5_LAYOUT):
             statements = build_source_statements(
                 source_table(layout.name, None, layout), layout, dialect.name
@@ -440,7 +286,7 @@ def test_a_second_run_copies_nothing_and_keeps_newer_entries(community: Communit
     source = community.full()
     store_values(source)
     destination = unique_table()
-    options = {
+    options: dict[str, Any] = {
         "from_schema": community.schema,
         "table_name": destination,
         "schema": community.schema,
@@ -469,7 +315,7 @@ def test_entries_spanning_pages_and_an_interrupted_run(
     store_values(source)
     before = community.snapshot(FULL_LAYOUT.name)
     destination = unique_table()
-    options = {
+    options: dict[str, Any] = {
         "from_schema": community.schema,
         "table_name": destination,
         "schema": community.schema,
@@ -516,7 +362,7 @@ def test_interrupted_by_ctrl_c_then_resumed(community: Community) -> None:
     source = community.full()
     store_values(source)
     destination = unique_table()
-    options = {
+    options: dict[str, Any] = {
         "from_schema": community.schema,
         "table_name": destination,
         "schema": community.schema,
@@ -617,7 +463,7 @@ def test_namespace_and_store_prompts(community: Community) -> None:
         stats = team_a.table_stats()
         assert all(model.llm_string is None for model in stats.models)
         with team_a.sync_engine.connect() as connection:
-            dest = team_a._table
+            dest = cache_table(MetaData(), destination, community.schema)
             stored = connection.execute(
                 select(dest.c.prompt, dest.c.llm_string, dest.c.namespace)
             ).all()
@@ -645,7 +491,7 @@ def test_non_utf8_bytes_in_sqlite_are_one_unreadable_entry(tmp_path: Any) -> Non
 def test_errors_name_the_problem(community: Community) -> None:
     community.full()  # creates both community tables (they share one MetaData)
     destination = unique_table()
-    options = {"from_schema": community.schema, "schema": community.schema}
+    options: dict[str, Any] = {"from_schema": community.schema, "schema": community.schema}
     with pytest.raises(MigrationError, match=r"table '.*no_such_table' does not exist in "):
         migrate(community.url, "no_such_table", table_name=destination, **options)
     with community.ours(table_name=destination) as ours:
@@ -692,7 +538,7 @@ def test_a_table_larger_than_a_page_many_times(community: Community) -> None:
             )
             assert len(ours.lookup(f"prompt {i:05d}", llm) or []) == i % 3 + 1
         # Each copy has its own write time, so max_entries can trim them one by one.
-        dest = ours._table
+        dest = cache_table(MetaData(), destination, community.schema)
         with ours.sync_engine.connect() as connection:
             times = connection.execute(select(func.count(distinct(dest.c.updated_at)))).scalar()
         assert times == count

@@ -11,23 +11,20 @@ import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, ExitStack
 from typing import Any
 
 import pytest
-from langchain_core.outputs import Generation
-from sqlalchemy import Connection, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from langchain_sqlalchemy_cache import SQLAlchemyCache
 
 from .conftest import drop_table, unique_table
-from .test_faults import cancellation_storm
+from .helpers import cancellation_storm, eventually, queue_pool, remember, table_of, value
 
 LLM = "llm"
 ASYNC_DRIVERS = ("asyncmy", "aiomysql")
-
-
-def value(text_: str) -> list[Generation]:
-    return [Generation(text=text_)]
 
 
 @pytest.mark.parametrize(
@@ -62,8 +59,8 @@ async def mysql_cache(
     table = unique_table()
     # No deadline: multi-megabyte entries and call storms may outlast the default 2 s
     # on a loaded server, and these tests are about what MySQL stores and leaks;
-    # deadlines on MySQL are tested in test_deadlines.py.
-    cache = SQLAlchemyCache(url, table_name=table, timeout=None, local_max_bytes=0)
+    # deadlines on MySQL are tested in test_deadlines.py. The tier off: the drivers' path.
+    cache = remember(SQLAlchemyCache(url, table_name=table, timeout=None, local_max_bytes=0), table)
     assert cache.async_engine.dialect.driver == request.param
     yield cache
     drop_table(cache, table)
@@ -74,11 +71,10 @@ async def test_the_table_holds_every_character_and_precise_times(
     mysql_cache: SQLAlchemyCache,
 ) -> None:
     await mysql_cache.aupdate("p", LLM, value("x"))
+    name = table_of(mysql_cache).name
     with mysql_cache.sync_engine.connect() as connection:
-        ddl = connection.execute(text(f"SHOW CREATE TABLE {mysql_cache._table.name}")).one()[1]
-        stored = connection.execute(
-            text(f"SELECT updated_at FROM {mysql_cache._table.name}")
-        ).scalar_one()
+        ddl = connection.execute(text(f"SHOW CREATE TABLE {name}")).one()[1]
+        stored = connection.execute(text(f"SELECT updated_at FROM {name}")).scalar_one()
     assert "CHARSET=utf8mb4" in ddl
     assert "COLLATE=utf8mb4_bin" in ddl
     assert "ENGINE=InnoDB" in ddl
@@ -96,7 +92,7 @@ async def test_astral_characters_nul_and_surrogates_round_trip(
     namespaced = SQLAlchemyCache(
         mysql_cache.async_engine,
         sync_engine=mysql_cache.sync_engine,
-        table_name=mysql_cache._table.name,
+        table_name=table_of(mysql_cache).name,
         namespace="équipe 😀",
     )
     for cache in (mysql_cache, namespaced):
@@ -192,40 +188,80 @@ async def test_cancellation_storm_leaks_nothing(mysql_cache: SQLAlchemyCache) ->
     await cancellation_storm(
         lambda i: mysql_cache.alookup(f"p{i % 50}", LLM), lambda i: value(f"{i % 50}{big}"), seed=7
     )
-    await asyncio.sleep(0.2)
-    assert mysql_cache.async_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    pool = queue_pool(mysql_cache.async_engine)
+    # Batches already sent when their callers were cancelled finish on their own.
+    await eventually(lambda: pool.checkedout() == 0, "every connection back in the pool")
     results = await asyncio.gather(*(mysql_cache.alookup(f"p{i % 50}", LLM) for i in range(1000)))
     assert results == [value(f"{i % 50}{big}") for i in range(1000)]
     assert mysql_cache.stats().errors == 0
 
 
-def _server_counters(connection: Connection) -> dict[str, int]:
-    rows = connection.exec_driver_sql(
-        "SHOW GLOBAL STATUS WHERE Variable_name IN "
-        "('Com_select', 'Com_insert', 'Com_rollback', 'Com_commit', 'Com_begin')"
-    ).all()
-    return {name: int(count) for name, count in rows}
+# Statements each session has sent, by kind, as the server counts them. Questions counts
+# every statement (these SHOWs too); the rest ignore SHOW. Read on the cache's own
+# connections, so that other clients of the server count for nothing.
+COUNTERS = ("Questions", "Com_select", "Com_insert", "Com_rollback", "Com_commit", "Com_begin")
+SHOW_COUNTERS = "SHOW SESSION STATUS WHERE Variable_name IN ({})".format(
+    ", ".join(f"'{name}'" for name in COUNTERS)
+)
 
 
-async def test_every_call_is_one_statement_on_the_server(
-    mysql_cache: SQLAlchemyCache, mysql_url: str
-) -> None:
-    # The server's own counters: PyMySQL-style drivers send a ROLLBACK after every
-    # statement unless told not to, which would be a second round trip per call.
+def _add(total: dict[str, int], rows: Any) -> None:
+    for name, count in rows:
+        total[name] += int(count)
+
+
+def sync_session_counters(engine: Engine) -> tuple[int, dict[str, int]]:
+    """(sessions read, their counters summed): every idle connection of the pool, each
+    checked out at once so that every one is read once."""
+    total = dict.fromkeys(COUNTERS, 0)
+    with ExitStack() as stack:
+        sessions: list[Connection] = [
+            stack.enter_context(engine.connect()) for _ in range(queue_pool(engine).checkedin())
+        ]
+        for connection in sessions:
+            _add(total, connection.exec_driver_sql(SHOW_COUNTERS).all())
+    return len(sessions), total
+
+
+async def async_session_counters(engine: AsyncEngine) -> tuple[int, dict[str, int]]:
+    total = dict.fromkeys(COUNTERS, 0)
+    async with AsyncExitStack() as stack:
+        sessions: list[AsyncConnection] = [
+            await stack.enter_async_context(engine.connect())
+            for _ in range(queue_pool(engine).checkedin())
+        ]
+        for connection in sessions:
+            _add(total, (await connection.exec_driver_sql(SHOW_COUNTERS)).all())
+    return len(sessions), total
+
+
+async def test_every_call_is_one_statement_on_the_server(mysql_cache: SQLAlchemyCache) -> None:
+    # PyMySQL-style drivers send a ROLLBACK after every statement unless told not to,
+    # which would be a second round trip per call.
+    connects: list[object] = []
+    for engine in (mysql_cache.async_engine.sync_engine, mysql_cache.sync_engine):
+        event.listen(engine, "connect", lambda dbapi, record: connects.append(dbapi))
     await mysql_cache.aupdate("p", LLM, value("x"))  # connections and table are ready
     assert mysql_cache.lookup("p", LLM) == value("x")
-    monitor = create_engine(mysql_url.replace("mysql://", "mysql+pymysql://", 1))
-    with monitor.connect() as connection:  # connected (and set up) before counting
-        before = _server_counters(connection)
-        for _ in range(25):
-            assert mysql_cache.lookup("p", LLM) == value("x")
-            assert await mysql_cache.alookup("p", LLM) == value("x")
-            mysql_cache.update("q", LLM, value("y"))
-            await mysql_cache.aupdate("q", LLM, value("y"))
-        after = _server_counters(connection)
-    monitor.dispose()
-    sent = {name: after[name] - before[name] for name in before}
+    sync_sessions, sync_before = sync_session_counters(mysql_cache.sync_engine)
+    async_sessions, async_before = await async_session_counters(mysql_cache.async_engine)
+    opened = len(connects)
+    assert sync_sessions + async_sessions == opened  # every session the cache has
+    for _ in range(25):
+        assert mysql_cache.lookup("p", LLM) == value("x")
+        assert await mysql_cache.alookup("p", LLM) == value("x")
+        mysql_cache.update("q", LLM, value("y"))
+        await mysql_cache.aupdate("q", LLM, value("y"))
+    assert len(connects) == opened  # the same sessions did it all
+    sync_after = sync_session_counters(mysql_cache.sync_engine)
+    async_after = await async_session_counters(mysql_cache.async_engine)
+    assert (sync_after[0], async_after[0]) == (sync_sessions, async_sessions)
+    sent = {
+        name: sync_after[1][name] - sync_before[name] + async_after[1][name] - async_before[name]
+        for name in COUNTERS
+    }
     assert sent == {
+        "Questions": 100 + opened,  # and one SHOW per session to read these
         "Com_select": 50,
         "Com_insert": 50,
         "Com_rollback": 0,

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import pytest
-from langchain_core.outputs import Generation
 from sqlalchemy import Column, MetaData, String, Table
 
 from langchain_sqlalchemy_cache import ConfigurationError, SQLAlchemyCache
 
 from .conftest import CacheFactory, unique_table
-from .test_expiry import age
+from .helpers import age, value
 
 GPT = '{"model": "gpt"}'
 CLAUDE = '{"model": "claude"}'
-
-
-def value(text_: str) -> list[Generation]:
-    return [Generation(text=text_)]
 
 
 async def test_namespaces_never_see_each_other(make_cache: CacheFactory) -> None:

@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import MetaData, create_engine, func, select
 
-from langchain_sqlalchemy_cache import SQLAlchemyCache
+from langchain_sqlalchemy_cache import SQLAlchemyCache, cache_table
 
 from .conftest import drop_table, unique_table
+from .process_worker import AFTER_CLEAR, BUSY_AFTER
 
 ROOT = Path(__file__).resolve().parent.parent
 PROCESSES = 4
@@ -30,10 +31,23 @@ def start(url: str, table: str, role: str) -> subprocess.Popen[str]:
     )
 
 
-def go(process: subprocess.Popen[str]) -> None:
+def tell(process: subprocess.Popen[str], line: str) -> None:
     assert process.stdin is not None
-    process.stdin.write("go\n")
+    process.stdin.write(f"{line}\n")
     process.stdin.flush()
+
+
+def expect(process: subprocess.Popen[str], line: str) -> None:
+    assert process.stdout is not None
+    assert process.stdout.readline().strip() == line
+
+
+def final_report(process: subprocess.Popen[str]) -> dict[str, Any]:
+    """The JSON report a process prints last, once it has exited."""
+    out, err = process.communicate(timeout=240)
+    assert process.returncode == 0, err[-2000:]
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
 
 
 @pytest.fixture(params=["postgresql", "mysql"])
@@ -44,27 +58,32 @@ def server_url(request: pytest.FixtureRequest) -> str:
 
 def test_four_processes_and_a_clear_share_one_table(server_url: str) -> None:
     table = unique_table()
-    # Every process imports, connects and says "ready" before any starts, so that the
-    # clear lands in the middle of the run however slowly processes start.
-    processes = [start(server_url, table, str(worker)) for worker in range(PROCESSES)]
-    processes.append(start(server_url, table, "clear"))
+    # The clear lands in the middle of the run by construction, however slowly each
+    # process runs: every process connects and says "ready" before any starts; the clear
+    # starts once every worker says it is busy; and the workers, which keep going until
+    # told the clear has finished, stop only some lookups after that.
+    workers = [start(server_url, table, str(worker)) for worker in range(PROCESSES)]
+    clearer = start(server_url, table, "clear")
+    processes = [*workers, clearer]
     try:
         for process in processes:
-            assert process.stdout is not None
-            assert process.stdout.readline().strip() == "ready"
-        for process in processes[:PROCESSES]:
-            go(process)
-        time.sleep(1.5)  # the workers are writing and reading by now
-        go(processes[PROCESSES])
-        outputs = []
-        for process in processes:
-            out, err = process.communicate(timeout=240)
-            assert process.returncode == 0, err[-2000:]
-            outputs.append(json.loads(out.strip().splitlines()[-1]))
+            expect(process, "ready")
+        for process in workers:
+            tell(process, "go")
+        for process in workers:
+            expect(process, "busy")
+        tell(clearer, "go")
+        assert clearer.stdout is not None
+        outputs = [json.loads(clearer.stdout.readline())]  # the clear has finished
+        for process in workers:
+            tell(process, "the clear has finished")
+        outputs += [final_report(process) for process in workers]
+        _, err = clearer.communicate(timeout=240)
+        assert clearer.returncode == 0, err[-2000:]
     finally:
         for process in processes:
             process.kill()
-    reports, cleared = outputs[:PROCESSES], outputs[PROCESSES]
+    cleared, reports = outputs[0], outputs[1:]
     clear_started, clear_finished = cleared["started"], cleared["finished"]
 
     written: dict[str, set[str]] = {}
@@ -78,12 +97,10 @@ def test_four_processes_and_a_clear_share_one_table(server_url: str) -> None:
     assert len(hits) > 1000
     assert sum(len(report["writes"]) for report in reports) >= 60
     # The clear ran while every process was still at work.
-    times = [(r["started"], r["finished"]) for r in reports]
-    assert all(s < clear_started and clear_finished < f for s, f in times), (
-        times,
-        clear_started,
-        clear_finished,
-    )
+    for report in reports:
+        assert report["told_cleared_at"] >= BUSY_AFTER
+        assert report["lookups"] >= report["told_cleared_at"] + AFTER_CLEAR
+        assert report["started"] < clear_started < clear_finished < report["finished"]
 
     # Keys are only ever deleted by the clear, and lookups missed again after it (a
     # process the scheduler starves may find every key rewritten by the others).
@@ -93,7 +110,9 @@ def test_four_processes_and_a_clear_share_one_table(server_url: str) -> None:
     # What the table holds at the end is also only values written for their keys.
     engine = create_engine(cache.sync_engine.url)
     with engine.connect() as connection:
-        rows = connection.execute(select(func.count()).select_from(cache._table)).scalar_one()
+        rows = connection.execute(
+            select(func.count()).select_from(cache_table(MetaData(), table))
+        ).scalar_one()
     engine.dispose()
     assert 0 < rows <= 60
     for key, answers in written.items():

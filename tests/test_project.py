@@ -12,7 +12,7 @@ import pytest
 
 import langchain_sqlalchemy_cache
 
-from .test_cli import run_cli
+from .helpers import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 LINTED = [

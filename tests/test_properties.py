@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from array import array
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -18,9 +19,9 @@ from hypothesis.stateful import (
 )
 from langchain_core.messages import AIMessage
 from langchain_core.outputs import ChatGeneration, Generation
-from sqlalchemy import create_engine, inspect, select
+from sqlalchemy import MetaData, create_engine, inspect, select
 
-from langchain_sqlalchemy_cache import SQLAlchemyCache
+from langchain_sqlalchemy_cache import SQLAlchemyCache, cache_table
 from langchain_sqlalchemy_cache._keys import cache_key
 
 from .conftest import proxied_engines, unique_table
@@ -28,11 +29,15 @@ from .pgproxy import PgProxy
 
 
 def random_text(length: int, seed: int) -> str:
+    """Text of any code points but surrogates, picked at random from 4,096 of them (a
+    million characters drawn one by one would take seconds per example)."""
     rng = random.Random(seed)
-    return "".join(
+    alphabet = [
         chr(rng.choice([rng.randrange(0, 0xD800), rng.randrange(0xE000, 0x110000)]))
-        for _ in range(length)
-    )
+        for _ in range(4096)
+    ]
+    picks = array("H", rng.randbytes(2 * length))
+    return "".join(map(alphabet.__getitem__, map((4095).__and__, picks)))
 
 
 odd_text = st.one_of(
@@ -43,11 +48,9 @@ odd_text = st.one_of(
 big_or_odd_text = st.one_of(odd_text, st.builds(random_text, st.just(1_000_000), st.integers()))
 
 
-@settings(
-    max_examples=40,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+# How many examples: the Hypothesis profile (tests/conftest.py): "ci" by default,
+# "soak" for `nox -s soak`.
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(prompt=odd_text, llm_string=odd_text, answer=big_or_odd_text, chat=st.booleans())
 def test_odd_inputs_round_trip_sync_and_async(
     cache: SQLAlchemyCache, prompt: str, llm_string: str, answer: str, chat: bool
@@ -86,16 +89,16 @@ class CacheModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
-        self.table = unique_table()
+        self.table = cache_table(MetaData(), unique_table())
         self.proxy: PgProxy | None = None
         if self.postgres_url:  # connections go through a proxy this model can cut
-            self.proxy = PgProxy().__enter__()
+            self.proxy = PgProxy(self.postgres_url).__enter__()
             async_engine, sync_engine = proxied_engines(self.postgres_url, self.proxy)
             self.cache = SQLAlchemyCache(
-                async_engine, sync_engine=sync_engine, table_name=self.table
+                async_engine, sync_engine=sync_engine, table_name=self.table.name
             )
         else:
-            self.cache = SQLAlchemyCache(self.url, table_name=self.table)
+            self.cache = SQLAlchemyCache(self.url, table_name=self.table.name)
         # Row counts are read beside the cache, on a connection no fault touches.
         self.checker = create_engine(
             (self.postgres_url or self.url)
@@ -109,7 +112,7 @@ class CacheModel(RuleBasedStateMachine):
         return self.loop.run_until_complete(coroutine)
 
     def _errors(self) -> int:
-        return self.cache._policy.errors
+        return self.cache.stats().errors
 
     def _write(self, key: str, text_: str, write: Any) -> None:
         before = self._errors()
@@ -170,9 +173,9 @@ class CacheModel(RuleBasedStateMachine):
     @invariant()
     def the_table_holds_what_the_model_allows(self) -> None:
         with self.checker.connect() as connection:
-            if not inspect(connection).has_table(self.table):
+            if not inspect(connection).has_table(self.table.name):
                 return
-            table = self.cache._table
+            table = self.table
             stored = set(connection.execute(select(table.c.key)).scalars())
         for key, allowed in self.model.items():
             present = cache_key(key, "llm") in stored
@@ -185,7 +188,7 @@ class CacheModel(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         with self.checker.connect() as connection:
-            self.cache._table.drop(connection, checkfirst=True)
+            self.table.drop(connection, checkfirst=True)
             connection.commit()
         self.checker.dispose()
         self.run(self.cache.async_engine.dispose())
@@ -201,7 +204,4 @@ def test_the_cache_follows_its_model(backend_url: str) -> None:
         url = backend_url
         postgres_url = backend_url if backend_url.startswith("postgresql") else ""
 
-    run_state_machine_as_test(
-        Model,
-        settings=settings(max_examples=15, stateful_step_count=25, deadline=None),
-    )
+    run_state_machine_as_test(Model)  # examples and steps: the Hypothesis profile

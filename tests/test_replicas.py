@@ -143,7 +143,7 @@ async def test_lookups_are_spread_over_the_standbys_and_counted_there(
         await cache.aclose()
     # Closing the cache closed its connections to the standbys too.
     for node in cluster.standbys:
-        wait_until(lambda node=node: clients(node) == 0, f"no client left on {node.name}")
+        wait_until(lambda node=node: clients(node) == 0, f"no client left on {node.name}")  # type: ignore[misc]
 
 
 async def test_own_writes_and_clear_are_read_from_the_primary(

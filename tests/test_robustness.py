@@ -14,6 +14,7 @@ from langchain_core.outputs import ChatGeneration, Generation
 from langchain_sqlalchemy_cache import CacheError, SQLAlchemyCache
 
 from .conftest import CacheFactory
+from .helpers import queue_pool
 
 LLM = "robustness-test-llm"
 
@@ -126,7 +127,7 @@ async def test_every_call_after_aclose_raises(make_cache: CacheFactory) -> None:
         with pytest.raises(CacheError, match="cache is closed"):
             await coroutine
     # Nothing was reopened behind the caller's back.
-    assert cache.async_engine.sync_engine.pool.checkedout() == 0
+    assert queue_pool(cache.async_engine).checkedout() == 0
 
 
 @pytest.mark.timeout(60)
@@ -138,4 +139,4 @@ def test_calls_after_close_raise_and_open_nothing(make_cache: CacheFactory) -> N
         cache.lookup("p", LLM)
     with pytest.raises(CacheError, match="cache is closed"):
         cache.purge_expired()
-    assert cache.sync_engine.pool.checkedout() == 0
+    assert queue_pool(cache.sync_engine).checkedout() == 0

@@ -7,9 +7,11 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from langchain_core.outputs import Generation
 
 from langchain_sqlalchemy_cache import SQLiteCache
 
@@ -18,6 +20,10 @@ from .batch_writer import ROWS, STOP_AT, TABLE
 pytestmark = pytest.mark.timeout(120)
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _text(hit: Sequence[Generation] | None) -> str | None:
+    return None if hit is None else hit[0].text
 
 
 def test_a_writer_killed_mid_batch_leaves_whole_batches(tmp_path: Path) -> None:
@@ -46,10 +52,7 @@ def test_a_writer_killed_mid_batch_leaves_whole_batches(tmp_path: Path) -> None:
     assert len(batches[-1]) > STOP_AT - sum(len(b) for b in batches[:-1]) > 0
 
     with SQLiteCache(path, table_name=TABLE) as cache:
-        round_of = {
-            f"p{i}": (cache.lookup(f"p{i}", "m") or [None])[0].text  # type: ignore[union-attr]
-            for i in range(ROWS)
-        }
+        round_of = {f"p{i}": _text(cache.lookup(f"p{i}", "m")) for i in range(ROWS)}
     assert set(round_of.values()) <= {"round 1", "round 2"}
     for batch in batches[:-1]:  # finished batches: all of the second round
         assert {round_of[prompt] for prompt in batch} == {"round 2"}

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from sqlalchemy import MetaData
 from sqlalchemy.dialects import postgresql
 
+from langchain_sqlalchemy_cache import cache_table
 from langchain_sqlalchemy_cache._keys import cache_key, llm_key
-from langchain_sqlalchemy_cache._schema import cache_table
 from langchain_sqlalchemy_cache._statements import build_statements, entry_row
 
 
@@ -27,6 +29,8 @@ def test_upsert_params_deduplicate_last_write_wins_and_sort_by_key(dialect: str)
         [(rows[3]["key"], b"last", 2.0), *((r["key"], r["payload"], 1.0) for r in rows[1:3])]
     )
     params = statements.upsert_params(rows)
+    got: list[Any]
+    expected: list[tuple[Any, Any, float]]
     if dialect == "postgresql":
         assert isinstance(params, dict)
         assert "updated_at_array" not in params
@@ -66,4 +70,4 @@ def test_lookup_with_a_ttl_sees_only_fresh_entries() -> None:
     # The servers compare with their own clock: the client's time is not sent.
     statements = build_statements(cache_table(MetaData()), "postgresql", ttl=60.0)
     assert statements.lookup_params(["a"], 1000.0) == {"keys": ["a"], "ttl": 60.0}
-    assert "statement_timestamp()" in str(statements.lookup.compile(dialect=postgresql.dialect()))
+    assert "statement_timestamp()" in str(statements.lookup.compile(dialect=postgresql.dialect()))  # type: ignore[no-untyped-call]

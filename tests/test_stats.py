@@ -6,16 +6,13 @@ import time
 from datetime import timezone
 
 import pytest
-from langchain_core.outputs import Generation
 from sqlalchemy import create_engine, func, select, update
 
 from langchain_sqlalchemy_cache import CacheError, SQLAlchemyCache, TableStats
+from langchain_sqlalchemy_cache._stats import Counters
 
 from .conftest import CacheFactory, unique_table
-
-
-def value(text_: str) -> list[Generation]:
-    return [Generation(text=text_)]
+from .helpers import table_of, value
 
 
 async def test_stats_count_hits_misses_writes_of_both_sides(make_cache: CacheFactory) -> None:
@@ -49,7 +46,7 @@ async def test_stats_count_hits_misses_writes_of_both_sides(make_cache: CacheFac
 async def test_an_unreadable_row_is_a_miss_in_the_counters(make_cache: CacheFactory) -> None:
     cache = make_cache(local_max_bytes=0)  # the row is changed behind the cache's back
     cache.update("p", "m", value("x"))
-    table = cache._table
+    table = table_of(cache)
     with cache.sync_engine.begin() as connection:
         connection.execute(update(table).values(payload=b"not json"))
     assert await cache.alookup("p", "m") is None
@@ -69,20 +66,42 @@ async def test_failures_are_counted_as_errors_not_misses(backend_url: str) -> No
     await cache.aclose()
 
 
-async def test_stats_latency_percentiles_are_observed_values(make_cache: CacheFactory) -> None:
+def test_latency_percentiles_are_nearest_rank_observed_values() -> None:
+    counters = Counters()
+    for ms in range(50, 0, -1):  # 1 ms .. 50 ms, in any order
+        counters.lookup(hit=True, seconds=ms / 1000)
+    stats = counters.snapshot(errors=0)
+    # Nearest rank: the 25th, 48th and 50th of 50; interpolation would give 25.5, 47.55, 49.51.
+    assert stats.lookup_p50_ms == pytest.approx(25)
+    assert stats.lookup_p95_ms == pytest.approx(48)
+    assert stats.lookup_p99_ms == pytest.approx(50)
+    assert stats.update_p50_ms is None
+
+
+async def test_stats_latency_percentiles_are_within_what_callers_saw(
+    make_cache: CacheFactory,
+) -> None:
     cache = make_cache()
+    seen = []
     for i in range(50):
+        start = time.perf_counter()
         cache.lookup(f"p{i}", "m")
+        seen.append((time.perf_counter() - start) * 1000)
     stats = cache.stats()
-    samples = sorted(cache._counters._lookup_seconds)
-    assert len(samples) == 50
-    assert stats.lookup_p50_ms == samples[24] * 1000  # nearest rank: ceil(0.5 * 50) = 25th
-    assert stats.lookup_p99_ms == samples[49] * 1000
+    seen.sort()
+    # Each lookup is timed inside the call, so each percentile is at most the same
+    # percentile of the durations its callers measured around it.
+    assert stats.lookup_p50_ms is not None
+    assert stats.lookup_p95_ms is not None
+    assert stats.lookup_p99_ms is not None
+    assert 0 < stats.lookup_p50_ms <= seen[24]
+    assert stats.lookup_p50_ms <= stats.lookup_p95_ms <= seen[47]
+    assert stats.lookup_p95_ms <= stats.lookup_p99_ms <= seen[49]
     await cache.aclose()
 
 
 def _payload_bytes(cache: SQLAlchemyCache, namespace: str) -> int:
-    table = cache._table
+    table = table_of(cache)
     with cache.sync_engine.connect() as connection:
         rows = connection.execute(
             select(table.c.payload).where(table.c.namespace == namespace)
@@ -130,7 +149,7 @@ def _refresh_size_statistics(cache: SQLAlchemyCache) -> None:
     # MySQL/MariaDB report a table's size from statistics they refresh lazily.
     if cache.sync_engine.dialect.name in ("mysql", "mariadb"):
         with cache.sync_engine.connect() as connection:
-            connection.exec_driver_sql(f"ANALYZE TABLE {cache._table.name}").all()
+            connection.exec_driver_sql(f"ANALYZE TABLE {table_of(cache).name}").all()
 
 
 async def test_table_bytes_grow_with_the_table(make_cache: CacheFactory) -> None:
@@ -154,7 +173,7 @@ def test_without_stored_prompts_models_are_known_by_hash(make_cache: CacheFactor
     (model,) = cache.table_stats().models
     assert model.llm_string is None
     assert model.entries == 1
-    table = cache._table
+    table = table_of(cache)
     with cache.sync_engine.connect() as connection:
         stored = connection.execute(select(table.c.llm_key)).scalar_one()
         assert connection.execute(select(func.count()).select_from(table)).scalar_one() == 1

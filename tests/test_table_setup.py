@@ -33,7 +33,10 @@ def admin(backend_url: str) -> Iterator[Engine]:
 
 
 def _indexes(engine: Engine, table_name: str) -> set[tuple[str, ...]]:
-    return {tuple(index["column_names"]) for index in inspect(engine).get_indexes(table_name)}
+    return {
+        tuple(str(name) for name in index["column_names"])
+        for index in inspect(engine).get_indexes(table_name)
+    }
 
 
 def _bare_table(engine: Engine, table_name: str) -> None:
@@ -69,7 +72,7 @@ async def test_a_dropped_index_is_recreated_by_the_next_cache(
     table_name = unique_table()
     first = SQLAlchemyCache(backend_url, table_name=table_name)
     first.update("p", "m", VALUE)
-    index = next(ix for ix in cache_table(MetaData(), table_name).indexes if "llm" in ix.name)
+    index = next(ix for ix in cache_table(MetaData(), table_name).indexes if "llm" in str(ix.name))
     with admin.connect() as connection:
         index.drop(connection)
     assert ("namespace", "llm_key") not in _indexes(admin, table_name)
@@ -107,7 +110,7 @@ def test_postgresql_creates_table_and_indexes_in_one_transaction(postgres_url: s
         postgres_url.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT"
     )
     table_name = unique_table()
-    index = next(ix for ix in cache_table(MetaData(), table_name).indexes if "llm" in ix.name)
+    index = next(ix for ix in cache_table(MetaData(), table_name).indexes if "llm" in str(ix.name))
     # An object holding the second index's name makes CREATE INDEX fail after CREATE
     # TABLE went through: the setup is cut short between the two.
     with admin.connect() as connection:
@@ -123,7 +126,7 @@ def test_postgresql_creates_table_and_indexes_in_one_transaction(postgres_url: s
         assert cache.lookup("p", "m") == VALUE
         assert _indexes(admin, table_name) >= OUR_INDEXES
     finally:
-        if inspect(admin).has_table(index.name):  # the test failed before dropping it
+        if inspect(admin).has_table(str(index.name)):  # the test failed before dropping it
             with admin.connect() as connection:
                 connection.execute(text(f'DROP TABLE "{index.name}"'))
         drop_table(cache, table_name)
