@@ -9,19 +9,15 @@ from __future__ import annotations
 import time
 
 import pytest
-from langchain_core.outputs import Generation
 from sqlalchemy import make_url
 
 from langchain_sqlalchemy_cache import CacheError, SQLAlchemyCache
 
 from .conftest import drop_table, unique_table
 from .freezeproxy import FreezeProxy, SilentServer, closed_port
+from .helpers import value
 
 LLM = "breaker-test-llm"
-
-
-def value(text: str) -> list[Generation]:
-    return [Generation(text=text)]
 
 
 def wait_for_state(cache: SQLAlchemyCache, state: str) -> None:

@@ -14,13 +14,13 @@ import threading
 from pathlib import Path
 
 import pytest
-from langchain_core.outputs import Generation
 from sqlalchemy import make_url
 
 from langchain_sqlalchemy_cache import CacheError, SQLAlchemyCache
 
 from .conftest import drop_table, unique_table
 from .freezeproxy import FreezeProxy, SilentServer
+from .helpers import value
 
 LLM = "deadline-test-llm"
 
@@ -32,10 +32,6 @@ DRIVERS = [
     ("mysql+aiomysql", "mysql_url"),
 ]
 IDS = [driver for driver, _ in DRIVERS]
-
-
-def value(text: str) -> list[Generation]:
-    return [Generation(text=text)]
 
 
 def driver_url(driver: str, port: int) -> str:

@@ -14,20 +14,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from langchain_core.outputs import Generation
 from sqlalchemy import create_engine
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from langchain_sqlalchemy_cache import ConfigurationError, SQLAlchemyCache
 
+from .helpers import value
 from .pgcluster import Node, cluster_or_skip, wait_until
 
 LLM = "llm"
 HOSTS = "host=db1:5432&host=db2:5433&target_session_attrs=read-write"
-
-
-def value(text: str) -> list[Generation]:
-    return [Generation(text=text)]
 
 
 def on_node(node: Node, table: str, prompts: list[str]) -> list[bool]:

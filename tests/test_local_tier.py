@@ -18,13 +18,10 @@ from langchain_sqlalchemy_cache import ConfigurationError, SQLAlchemyCache
 from langchain_sqlalchemy_cache._local_tier import ENTRY_OVERHEAD, LocalTier
 
 from .conftest import CacheFactory
+from .helpers import value
 
 LLM = "fake-llm"
 CLI = (sys.executable, "-m", "langchain_sqlalchemy_cache")
-
-
-def value(text: str) -> list[Generation]:
-    return [Generation(text=text)]
 
 
 class Statements:

@@ -13,13 +13,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from langchain_core.outputs import Generation
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from langchain_sqlalchemy_cache import ConfigurationError, SQLAlchemyCache, _replicas
 
 from .conftest import unique_table
+from .helpers import value
 from .pgcluster import Cluster, Node, cluster_or_skip, wait_until
 
 LLM = "llm"
@@ -27,10 +27,6 @@ SEEDS = 100
 MAX_LAG = 0.5
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def value(text: str) -> list[Generation]:
-    return [Generation(text=text)]
 
 
 @pytest.fixture(scope="module")

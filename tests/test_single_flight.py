@@ -12,20 +12,17 @@ import pytest
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.outputs import ChatGeneration, ChatResult, Generation
+from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import Field
 
 from langchain_sqlalchemy_cache import ConfigurationError, SQLAlchemyCache
 from langchain_sqlalchemy_cache._single_flight import Flights
 
 from .conftest import CacheFactory
+from .helpers import value
 
 LLM = "fake-llm"
 PROMPTS = [f"question {i}" for i in range(20)]
-
-
-def value(text: str) -> list[Generation]:
-    return [Generation(text=text)]
 
 
 class SlowModel(BaseChatModel):
