@@ -662,7 +662,7 @@ class SQLAlchemyCache(BaseCache):
         )
 
     def table_stats(self, *, timeout: Timeout = DEFAULT_MAINTENANCE_TIMEOUT) -> TableStats:
-        """Read what the table holds for this namespace (``astats()`` is the async twin).
+        """Read what the table holds for this namespace (``atable_stats()`` is the async twin).
 
         Args:
             timeout: Deadline of the whole call in seconds or a ``timedelta`` (None:
@@ -852,7 +852,7 @@ class SQLAlchemyCache(BaseCache):
             if deleted:
                 self._forget()
 
-    async def astats(self, *, timeout: Timeout = DEFAULT_MAINTENANCE_TIMEOUT) -> TableStats:
+    async def atable_stats(self, *, timeout: Timeout = DEFAULT_MAINTENANCE_TIMEOUT) -> TableStats:
         """Async ``table_stats``: what the table holds for this namespace.
 
         Raises:
@@ -876,6 +876,14 @@ class SQLAlchemyCache(BaseCache):
                 )
             return _table_stats(summary, models, size)
         raise AssertionError("unreachable: the strict policy raises")
+
+    async def astats(self, *, timeout: Timeout = DEFAULT_MAINTENANCE_TIMEOUT) -> TableStats:
+        """Deprecated name of ``atable_stats`` (kept for one release).
+
+        Raises:
+            CacheError: As ``atable_stats``.
+        """
+        return await self.atable_stats(timeout=timeout)
 
     # Health: one probe lookup, whatever the breaker says, never raising for the database.
 
