@@ -655,13 +655,15 @@ def test_trio_gets_a_clear_error_and_aclose_masks_nothing(tmp_path: Path) -> Non
 
     with pytest.raises(Boom):
         trio.run(failing_block)
+    cache = SQLiteCache(tmp_path / "c.db")  # that one is closed now
 
     async def clean_block() -> None:
         async with cache:
             pass
 
     trio.run(clean_block)  # aclose() outside asyncio closes without raising
-    assert cache.lookup("p", "llm") == [Generation(text="x")]  # nothing was written
+    with SQLiteCache(tmp_path / "c.db") as reader:
+        assert reader.lookup("p", "llm") == [Generation(text="x")]  # nothing was written
 
 
 def test_anyio_on_trio_gets_the_same_clear_error(tmp_path: Path) -> None:

@@ -199,7 +199,10 @@ async def test_tasks_and_threads_writing_one_new_key(acache: SQLAlchemyCache) ->
         assert connection.execute(select(func.count()).select_from(table)).scalar() == 1
 
 
-def test_concurrent_batches_over_the_same_keys_do_not_deadlock(cache: SQLAlchemyCache) -> None:
+def test_concurrent_batches_over_the_same_keys_do_not_deadlock(make_cache: CacheFactory) -> None:
+    # No deadline: 20 writers queue for SQLite's one write lock, which can take longer
+    # than the default 2 s on a loaded machine; deadlocks, not deadlines, are tested here.
+    cache = make_cache(timeout=None)
     keys = [f"k{i}" for i in range(50)]
     for key in keys:
         cache.update(key, LLM, value("initial"))

@@ -58,7 +58,8 @@ def served(node: Node, table: str) -> int:
     return int(
         node.query(
             "SELECT coalesce(sum(rows), 0) FROM pg_stat_statements "
-            "WHERE query LIKE %s AND query ILIKE 'select%%'",
+            # Lookups only: the first use's identity check also names the table.
+            "WHERE query LIKE %s AND query ILIKE 'select%%' AND query LIKE '%%payload%%'",
             f"%{table}%",
         )
     )
@@ -69,7 +70,8 @@ def statements(node: Node, table: str) -> int:
     return int(
         node.query(
             "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements "
-            "WHERE query LIKE %s AND query ILIKE 'select%%'",
+            # Lookups only: the first use's identity check also names the table.
+            "WHERE query LIKE %s AND query ILIKE 'select%%' AND query LIKE '%%payload%%'",
             f"%{table}%",
         )
     )

@@ -202,7 +202,7 @@ class SQLAlchemyCache(BaseCache):
         max_replica_lag: float | timedelta | None = None,
         timeout: float | timedelta | None = DEFAULT_TIMEOUT,
         breaker_threshold: int | None = 5,
-        breaker_cooldown: float | timedelta = 10.0,
+        breaker_cooldown: float | timedelta = 2.0,
         local_max_bytes: int = DEFAULT_MAX_BYTES,
         local_max_staleness: float | timedelta = DEFAULT_MAX_STALENESS,
         single_flight: bool | float | timedelta = False,
@@ -281,7 +281,8 @@ class SQLAlchemyCache(BaseCache):
                 at once (a miss, a no-op, or ``CacheError`` under ``"raise"``); then one
                 call goes through as a probe, and its success resumes normal work.
                 None: no circuit breaker.
-            breaker_cooldown: Seconds (or a ``timedelta``) the breaker stays open.
+            breaker_cooldown: Seconds (or a ``timedelta``) the breaker stays open
+                (default 2): short enough that a failover is followed within seconds.
             local_max_bytes: Bytes of recently read or written entries kept in this
                 process (payload bytes, least recently used out first), served without
                 a statement. 32 MiB by default; 0 turns the in-process tier off.
