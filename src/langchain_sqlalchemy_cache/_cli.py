@@ -11,8 +11,10 @@ import argparse
 import contextlib
 import os
 import re
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from typing import IO, Any, NoReturn
 
@@ -536,20 +538,56 @@ def format_report(report: MigrationReport, source: str, where: str) -> str:
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def _ctrl_c_between_pages() -> Iterator[Callable[[], None]]:
+    """Ctrl-C stops a migration after the page in flight, never inside a driver.
+
+    A KeyboardInterrupt raised at an arbitrary point can land where it is swallowed (a
+    finalizer returning a connection to its pool), and the run then goes on. The first
+    Ctrl-C only sets a flag that the progress callback turns into a KeyboardInterrupt
+    after the page; a second one interrupts at once. Yields that check.
+    """
+    pressed = threading.Event()
+
+    def check() -> None:
+        if pressed.is_set():
+            raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield check  # signals reach only the main thread
+        return
+
+    def on_ctrl_c(signum: int, frame: object) -> None:
+        pressed.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = signal.signal(signal.SIGINT, on_ctrl_c)
+    try:
+        yield check
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _migrate(args: argparse.Namespace) -> int:
     bar = ProgressBar(sys.stderr)
     try:
-        report = migrate(
-            args.url,
-            args.from_table,
-            from_schema=args.from_schema,
-            table_name=args.table,
-            schema=args.schema,
-            namespace=args.namespace,
-            store_prompts=not args.no_store_prompts,
-            batch_size=args.batch_size,
-            progress=bar,
-        )
+        with _ctrl_c_between_pages() as check:
+
+            def progress(done: MigrationProgress) -> None:
+                bar(done)
+                check()
+
+            report = migrate(
+                args.url,
+                args.from_table,
+                from_schema=args.from_schema,
+                table_name=args.table,
+                schema=args.schema,
+                namespace=args.namespace,
+                store_prompts=not args.no_store_prompts,
+                batch_size=args.batch_size,
+                progress=progress,
+            )
     except KeyboardInterrupt:
         bar.finish()
         copied = bar.last.copied if bar.last else 0
