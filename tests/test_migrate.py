@@ -203,13 +203,16 @@ VALUES: dict[tuple[str, str], list[Generation]] = {
     ("日本語の質問 🎉 — é\u00e9 \U0001f600", GPT): [
         Generation(text='答え 🎉 \u2028 line\nbreak \\ "quoted" \t')
     ],
-    ("user data shaped like a serialized object", GPT): [
-        # langchain_core escapes a user dict with an "lc" key; load() unescapes it.
-        Generation(text="x", generation_info={"lc": 1, "type": "secret", "id": ["HOME"]})
-    ],
     ("empty answer", GPT): [Generation(text="")],
     ("p" * 700, GPT): [Generation(text="a long prompt")],
 }
+# User data shaped like a serialized secret. langchain_core escapes a user dict with an "lc"
+# key in dumps() from 1.3.3 on (load() unescapes it); older releases write it as it is, the
+# very JSON of a real secret, which migrate then refuses (test_lc_shaped_user_data below).
+LC_SHAPED = Generation(text="x", generation_info={"lc": 1, "type": "secret", "id": ["HOME"]})
+DUMPS_ESCAPES_USER_DATA = "__lc_escaped__" in dumps(LC_SHAPED)
+if DUMPS_ESCAPES_USER_DATA:
+    VALUES[("user data shaped like a serialized object", GPT)] = [LC_SHAPED]
 
 
 def store_values(cache: Any) -> None:
@@ -316,6 +319,16 @@ def test_convert_response_reads_what_langchain_core_dumps() -> None:
     for generations in VALUES.values():
         for generation in generations:
             assert convert_response(dumps(generation)) == generation
+
+
+def test_lc_shaped_user_data_is_read_as_langchain_core_wrote_it() -> None:
+    response = dumps(LC_SHAPED)
+    if DUMPS_ESCAPES_USER_DATA:
+        assert convert_response(response) == LC_SHAPED
+    else:  # written unescaped: indistinguishable from a secret, so refused
+        assert json.loads(response)["kwargs"]["generation_info"] == LC_SHAPED.generation_info
+        with pytest.raises(UnreadableEntry, match="holds a secret"):
+            convert_response(response)
 
 
 def test_convert_response_falls_back_to_text_like_langchain_community() -> None:
