@@ -21,7 +21,6 @@ from langchain_core.load import dumps
 from langchain_core.outputs import Generation
 from sqlalchemy import column, insert, make_url, table
 
-import langchain_sqlalchemy_cache
 from langchain_sqlalchemy_cache import SQLAlchemyCache
 from langchain_sqlalchemy_cache._cli import (
     ProgressBar,
@@ -644,9 +643,3 @@ def test_a_one_row_migration_speaks_in_the_singular(
     lines = out.splitlines()
     assert "(full_llm_cache layout, 1 row) into" in lines[0]
     assert lines[1] == "copied 1 entry, skipped 0 already present, 0 unreadable"
-
-
-def test_version(capsys: pytest.CaptureFixture[str]) -> None:
-    status, out, _ = cli(capsys, "--version")
-    assert status == 0
-    assert out == f"langchain-sqlalchemy-cache {langchain_sqlalchemy_cache.__version__}\n"
