@@ -589,11 +589,17 @@ def test_progress_bar_on_a_terminal_and_in_a_log() -> None:
     bar = ProgressBar(log, width=10)
     for read in range(0, 1001, 10):
         bar(MigrationProgress(read, 1000, read, 0, 0))
-    bar(MigrationProgress(0, 0, 0, 0, 0))  # an empty table
+    bar(MigrationProgress(1000, 1000, 1000, 0, 0))  # nothing new: not written again
+    # The last group, copied after its rows were read: at 100% a change is written.
+    bar(MigrationProgress(1000, 1000, 1001, 0, 0))
     bar.finish()
     lines = log.getvalue().splitlines()
-    assert len(lines) == 11  # 0%, 10%, ..., 100%
-    assert lines[-1].startswith("[##########] 100%  1,000/1,000 rows")
+    assert len(lines) == 12  # 0%, 10%, ..., 100%, and 100% with the last group
+    assert lines[-2].startswith("[##########] 100%  1,000/1,000 rows: 1,000 copied")
+    assert lines[-1].startswith("[##########] 100%  1,000/1,000 rows: 1,001 copied")
+    empty = io.StringIO()
+    ProgressBar(empty, width=10)(MigrationProgress(0, 0, 0, 0, 0))  # an empty table
+    assert empty.getvalue() == "[##########] 100%  0/0 rows: 0 copied, 0 skipped, 0 unreadable\n"
 
 
 # demo

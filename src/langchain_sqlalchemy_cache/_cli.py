@@ -453,7 +453,7 @@ class ProgressBar:
     """A migration's progress on a stream.
 
     On a terminal one line is redrawn; elsewhere (a log) a line is written per tenth of
-    the rows.
+    the rows, and at 100% whenever the counts change.
     """
 
     def __init__(self, stream: IO[str], width: int = 30) -> None:
@@ -462,6 +462,7 @@ class ProgressBar:
         self._width = width
         self._tenths = -1
         self._drawn = 0
+        self._logged = ""
         self.last: MigrationProgress | None = None
 
     def __call__(self, progress: MigrationProgress) -> None:
@@ -478,8 +479,11 @@ class ProgressBar:
         if self._tty:
             self._stream.write("\r" + line.ljust(self._drawn))
             self._drawn = len(line)
-        elif int(fraction * 10) > self._tenths:
+        elif int(fraction * 10) > self._tenths or (fraction >= 1.0 and line != self._logged):
+            # At 100% every change is written: the last group of a table is copied after
+            # its last row was read, and the log's last line must show it.
             self._tenths = int(fraction * 10)
+            self._logged = line
             self._stream.write(line + "\n")
         self._stream.flush()
 
