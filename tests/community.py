@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from langchain_core.load import dumps
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, Generation, GenerationChunk
 from sqlalchemy import (
@@ -166,13 +167,18 @@ VALUES: dict[tuple[str, str], list[Generation]] = {
     ("日本語の質問 🎉 — é\u00e9 \U0001f600", GPT): [
         Generation(text='答え 🎉 \u2028 line\nbreak \\ "quoted" \t')
     ],
-    ("user data shaped like a serialized object", GPT): [
-        # langchain_core escapes a user dict with an "lc" key; load() unescapes it.
-        Generation(text="x", generation_info={"lc": 1, "type": "secret", "id": ["HOME"]})
-    ],
     ("empty answer", GPT): [Generation(text="")],
     ("p" * 700, GPT): [Generation(text="a long prompt")],
 }
+
+# User data shaped like a serialized secret. langchain_core escapes a user dict with an "lc"
+# key in dumps() from 1.3.3 on (load() unescapes it); older releases write it as it is, the
+# very JSON of a real secret, which migrate then refuses (test_migrate's
+# test_lc_shaped_user_data).
+LC_SHAPED = Generation(text="x", generation_info={"lc": 1, "type": "secret", "id": ["HOME"]})
+DUMPS_ESCAPES_USER_DATA = "__lc_escaped__" in dumps(LC_SHAPED)
+if DUMPS_ESCAPES_USER_DATA:
+    VALUES[("user data shaped like a serialized object", GPT)] = [LC_SHAPED]
 
 
 def store_values(cache: Any) -> None:

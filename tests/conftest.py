@@ -58,6 +58,12 @@ def postgres_url() -> str:
 @pytest.fixture(scope="session")
 def mysql_url() -> str:
     """The MySQL/MariaDB test server's URL (TEST_MYSQL_URL); skips unless REQUIRE_MYSQL=1."""
+    if os.environ.get("NO_MYSQL") == "1":
+        pytest.fail(
+            "this run leaves MySQL/MariaDB out (NO_MYSQL=1, -m 'not mysql'), yet a test not "
+            "marked mysql reached for it: request mysql_url or name a parameter 'mysql', so "
+            "that pytest_collection_modifyitems marks it"
+        )
     url = mysql_url_from_env()
     sync_url = url.replace("mysql://", "mysql+pymysql://", 1).replace(
         "mariadb://", "mariadb+pymysql://", 1
@@ -177,3 +183,25 @@ def start_threads(target: Callable[[int], object], count: int) -> Callable[[], l
         return errors
 
     return join
+
+
+def _needs_mysql(item: pytest.Item) -> bool:
+    if "mysql_url" in getattr(item, "fixturenames", ()):
+        return True
+    callspec = getattr(item, "callspec", None)
+    values = callspec.params.values() if callspec is not None else ()
+    return any(isinstance(value, str) and value in ("mysql", "mariadb") for value in values)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "mysql: needs the MySQL/MariaDB server (set by conftest; -m 'not mysql')"
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs MySQL/MariaDB: it requests ``mysql_url``, or one of its
+    parameters is ``"mysql"`` / ``"mariadb"`` (``backend_url`` and the like)."""
+    for item in items:
+        if _needs_mysql(item):
+            item.add_marker(pytest.mark.mysql)

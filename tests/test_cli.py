@@ -26,6 +26,7 @@ from langchain_sqlalchemy_cache import SQLAlchemyCache
 from langchain_sqlalchemy_cache._cli import (
     ProgressBar,
     approximate_duration,
+    counted,
     duration,
     hide_password,
     main,
@@ -264,7 +265,7 @@ def test_purge(
     status, out, err = cli(capsys, "purge", backend_url, "--table", name, "--ttl", "2.5d")
     assert (status, err) == (0, "")
     assert out == (
-        f"deleted 1 entries written more than 60h ago from table {name!r} in "
+        f"deleted 1 entry written more than 60h ago from table {name!r} in "
         f"{hide_password(backend_url)}\n"
     )
     assert stocked.lookup("gpt 0", GPT) is None
@@ -272,7 +273,7 @@ def test_purge(
     # The oldest go first; another namespace is not counted or touched.
     status, out, _ = cli(capsys, "purge", backend_url, "--table", name, "--max-entries", "3")
     assert status == 0
-    assert out.startswith("deleted 1 entries beyond the newest 3 from table")
+    assert out.startswith("deleted 1 entry beyond the newest 3 from table")
     assert stocked.lookup("gpt 1", GPT) is None
     assert entries(stocked) == 3
     # Both at once.
@@ -290,7 +291,7 @@ def test_purge_subprocess(backend_url: str, stocked: SQLAlchemyCache) -> None:
     age(stocked, "gpt 0", 7200, GPT)
     result = run_cli("purge", backend_url, "--table", table_of(stocked).name, "--ttl", "90m")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("deleted 1 entries written more than 90m ago")
+    assert result.stdout.startswith("deleted 1 entry written more than 90m ago")
     bad = run_cli("purge", backend_url, "--ttl", "soon")
     assert bad.returncode == 2
     assert_one_line_error(bad.stderr, "invalid duration 'soon'")
@@ -311,8 +312,8 @@ def test_clear_with_yes(
     filters = ["--llm-string", CLAUDE, "--older-than", "30m", "--yes"]
     status, out, err = cli(capsys, "clear", backend_url, "--table", name, *filters)
     assert (status, err) == (0, "")
-    what = f"entries of the model {CLAUDE!r} written more than 30m ago"
-    assert out == f"1 {what} would be deleted from {where}\ndeleted 1 {what}\n"
+    what = f"1 entry of the model {CLAUDE!r} written more than 30m ago"
+    assert out == f"{what} would be deleted from {where}\ndeleted {what}\n"
     assert stocked.lookup("claude 0", CLAUDE) is None
     assert stocked.lookup("claude 1", CLAUDE) == value("answer 1")
 
@@ -320,7 +321,7 @@ def test_clear_with_yes(
         capsys, "clear", backend_url, "--table", name, "--llm-string", CLAUDE, "-y"
     )
     assert status == 0
-    assert out.splitlines()[-1] == f"deleted 1 entries of the model {CLAUDE!r}"
+    assert out.splitlines()[-1] == f"deleted 1 entry of the model {CLAUDE!r}"
     status, out, _ = cli(capsys, "clear", backend_url, "--table", name, "--yes")
     assert status == 0
     assert out.splitlines() == [f"3 entries would be deleted from {where}", "deleted 3 entries"]
@@ -329,7 +330,7 @@ def test_clear_with_yes(
         assert team.lookup("p", GPT) == value("t")  # another namespace
     status, out, _ = cli(capsys, "clear", backend_url, "--table", name, "--namespace", "team", "-y")
     assert status == 0
-    assert f"1 entries would be deleted from table {name!r} (namespace 'team') in" in out
+    assert f"1 entry would be deleted from table {name!r} (namespace 'team') in" in out
 
     status, out, err = cli(capsys, "clear", backend_url, "--table", name)
     assert (status, err) == (0, "")
@@ -435,14 +436,17 @@ def test_migrate(capsys: pytest.CaptureFixture[str], backend_url: str) -> None:
         # Progress on stderr (not a terminal here: a line per tenth of the rows).
         progress = err.splitlines()
         assert progress[0].startswith("[")
-        assert progress[-1].startswith(f"[{'#' * 30}] 100%  {rows}/{rows} rows: 9 copied, ")
+        copied = len(VALUES)
+        assert progress[-1].startswith(f"[{'#' * 30}] 100%  {rows}/{rows} rows: {copied} copied, ")
         with community.ours(table_name=destination) as ours:
             for (prompt, llm), generations in VALUES.items():
                 assert ours.lookup(prompt, llm) == generations
 
         status, out, _ = cli(capsys, *args)
         assert status == 0
-        assert out.splitlines()[1] == "copied 0 entries, skipped 9 already present, 1 unreadable"
+        assert out.splitlines()[1] == (
+            f"copied 0 entries, skipped {len(VALUES)} already present, 1 unreadable"
+        )
 
         status, out, err = cli(capsys, *args[:2], "--from-table", "no_such_table")
         assert (status, out) == (1, "")
@@ -569,11 +573,17 @@ def test_progress_bar_on_a_terminal_and_in_a_log() -> None:
     bar = ProgressBar(log, width=10)
     for read in range(0, 1001, 10):
         bar(MigrationProgress(read, 1000, read, 0, 0))
-    bar(MigrationProgress(0, 0, 0, 0, 0))  # an empty table
+    bar(MigrationProgress(1000, 1000, 1000, 0, 0))  # nothing new: not written again
+    # The last group, copied after its rows were read: at 100% a change is written.
+    bar(MigrationProgress(1000, 1000, 1001, 0, 0))
     bar.finish()
     lines = log.getvalue().splitlines()
-    assert len(lines) == 11  # 0%, 10%, ..., 100%
-    assert lines[-1].startswith("[##########] 100%  1,000/1,000 rows")
+    assert len(lines) == 12  # 0%, 10%, ..., 100%, and 100% with the last group
+    assert lines[-2].startswith("[##########] 100%  1,000/1,000 rows: 1,000 copied")
+    assert lines[-1].startswith("[##########] 100%  1,000/1,000 rows: 1,001 copied")
+    empty = io.StringIO()
+    ProgressBar(empty, width=10)(MigrationProgress(0, 0, 0, 0, 0))  # an empty table
+    assert empty.getvalue() == "[##########] 100%  0/0 rows: 0 copied, 0 skipped, 0 unreadable\n"
 
 
 # demo
@@ -601,3 +611,25 @@ def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None
     assert status == 0
     assert "--from-table" in out
     assert "--namespace" in out
+
+
+@pytest.mark.parametrize(
+    ("count", "text_"),
+    [(0, "0 entries"), (1, "1 entry"), (2, "2 entries"), (1200, "1,200 entries")],
+)
+def test_counts_take_the_singular_only_for_one(count: int, text_: str) -> None:
+    assert counted(count, "entry", "entries") == text_
+    assert counted(count, "row") == text_.replace("entries", "rows").replace("entry", "row")
+
+
+def test_a_one_row_migration_speaks_in_the_singular(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'one.db'}"
+    with open_community(url) as community:
+        community.full().update("prompt", GPT, [Generation(text="answer")])
+    status, out, _ = cli(capsys, "migrate", url)
+    assert status == 0, out
+    lines = out.splitlines()
+    assert "(full_llm_cache layout, 1 row) into" in lines[0]
+    assert lines[1] == "copied 1 entry, skipped 0 already present, 0 unreadable"

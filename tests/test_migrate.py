@@ -42,7 +42,16 @@ from langchain_sqlalchemy_cache._migrate import (
 )
 from langchain_sqlalchemy_cache._statements import build_insert_absent, entry_row, rows_params
 
-from .community import CLAUDE, GPT, VALUES, Community, open_community, store_values
+from .community import (
+    CLAUDE,
+    DUMPS_ESCAPES_USER_DATA,
+    GPT,
+    LC_SHAPED,
+    VALUES,
+    Community,
+    open_community,
+    store_values,
+)
 from .conftest import unique_table
 
 with warnings.catch_warnings():
@@ -161,6 +170,16 @@ def test_convert_response_reads_what_langchain_core_dumps() -> None:
     for generations in VALUES.values():
         for generation in generations:
             assert convert_response(dumps(generation)) == generation
+
+
+def test_lc_shaped_user_data_is_read_as_langchain_core_wrote_it() -> None:
+    response = dumps(LC_SHAPED)
+    if DUMPS_ESCAPES_USER_DATA:
+        assert convert_response(response) == LC_SHAPED
+    else:  # written unescaped: indistinguishable from a secret, so refused
+        assert json.loads(response)["kwargs"]["generation_info"] == LC_SHAPED.generation_info
+        with pytest.raises(UnreadableEntry, match="holds a secret"):
+            convert_response(response)
 
 
 def test_convert_response_falls_back_to_text_like_langchain_community() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import re
 import subprocess
@@ -80,6 +81,28 @@ def test_ci_runs_the_readme_commands() -> None:
         assert block, f"README.md lost its {marker} block, which .ci/run executes"
         assert marker in ci
     assert "REQUIRE_POSTGRES=1" in ci
+
+
+def test_readme_example_runs_as_printed(tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text()
+    example = re.search(r"```python\n(.+?)\n```", readme, re.S)
+    assert example, "README.md lost its example"
+    assert len(example.group(1).splitlines()) <= 16
+    script = tmp_path / "example.py"
+    script.write_text(example.group(1))
+    for expected in ("Paris.\nParis.\n1 1\n", "Paris.\nParis.\n2 0\n"):  # then from cache.db
+        result = subprocess.run(
+            [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, check=False
+        )
+        assert (result.returncode, result.stdout) == (0, expected), result.stderr
+
+
+def test_version_is_the_installed_distributions() -> None:
+    installed = importlib.metadata.version("langchain-sqlalchemy-cache")
+    assert langchain_sqlalchemy_cache.__version__ == installed
+    assert re.fullmatch(r"\d+\.\d+\.\d+\S*", installed)
+    result = run_cli("--version")
+    assert (result.returncode, result.stdout) == (0, f"langchain-sqlalchemy-cache {installed}\n")
 
 
 @pytest.mark.skipif(os.environ.get("SKIP_LINT") == "1", reason="SKIP_LINT=1")

@@ -1,5 +1,7 @@
 """A native-async LLM response cache for LangChain, backed by SQLAlchemy."""
 
+import importlib.metadata as _metadata
+
 from ._cache import SQLAlchemyCache
 from ._errors import CacheError, ConfigurationError
 from ._health import Health
@@ -20,3 +22,8 @@ __all__ = [
     "TableStats",
     "cache_table",
 ]
+
+try:
+    __version__ = _metadata.version("langchain-sqlalchemy-cache")
+except _metadata.PackageNotFoundError:  # pragma: no cover - imported from an uninstalled tree
+    __version__ = "0+unknown"

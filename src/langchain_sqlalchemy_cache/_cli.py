@@ -21,6 +21,7 @@ from typing import IO, Any, NoReturn
 from sqlalchemy import MetaData, func, inspect, make_url, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from . import __version__
 from ._cache import SQLAlchemyCache
 from ._errors import CacheError
 from ._keys import llm_key
@@ -76,6 +77,17 @@ def positive_int(text: str) -> int:
         msg = f"invalid value {text!r}: use a positive integer"
         raise argparse.ArgumentTypeError(msg)
     return value
+
+
+def counted(count: int, singular: str, plural: str | None = None) -> str:
+    """``1 entry``, ``1,200 entries``: a count with its noun in the right number."""
+    noun = singular if count == 1 else (plural or singular + "s")
+    return f"{count:,} {noun}"
+
+
+def _entries(count: int) -> str:
+    """``1 entry``, ``0 entries``."""
+    return counted(count, "entry", "entries")
 
 
 def format_duration(seconds: float) -> str:
@@ -143,6 +155,7 @@ def _parser() -> _Parser:
         prog=PROG,
         description="A native-async LLM response cache for LangChain, backed by SQLAlchemy.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser(
@@ -376,8 +389,8 @@ def format_stats(stats: TableStats, where: str) -> str:
         lines.append(f"  {model.entries:>10,}  {_model_label(model.llm_string, model.llm_key)}")
     rest = stats.models[_STATS_MODELS:]
     if rest:
-        entries = sum(model.entries for model in rest)
-        lines.append(f"  {entries:>10,}  ({len(rest):,} more models)")
+        total = sum(model.entries for model in rest)
+        lines.append(f"  {total:>10,}  ({counted(len(rest), 'more model')})")
     return "\n".join(lines)
 
 
@@ -421,14 +434,13 @@ def _purge(args: argparse.Namespace) -> int:
         if args.ttl is not None:
             deleted = cache.purge_expired()
             print(
-                f"deleted {deleted:,} entries written more than "
+                f"deleted {_entries(deleted)} written more than "
                 f"{format_duration(args.ttl)} ago from {where}"
             )
         if args.max_entries is not None:
             deleted = cache.enforce_max_entries()
-            print(
-                f"deleted {deleted:,} entries beyond the newest {args.max_entries:,} from {where}"
-            )
+            bound = f"{args.max_entries:,}"
+            print(f"deleted {_entries(deleted)} beyond the newest {bound} from {where}")
     return 0
 
 
@@ -457,16 +469,16 @@ def _clear(args: argparse.Namespace) -> int:
         # while the question waits for an answer are not deleted.
         cutoff = cache._now() - (args.older_than or 0.0)  # the server's clock
         count = _count(cache, args, cutoff)
-        what = "entries"
+        what = ""
         if args.llm_string is not None:
             what += f" of the model {_model_label(args.llm_string, None)!r}"
         if args.older_than is not None:
             what += f" written more than {format_duration(args.older_than)} ago"
         where = _where(args)
         if count == 0:
-            print(f"nothing to delete: no {what} in {where}")
+            print(f"nothing to delete: no entries{what} in {where}")
             return 0
-        print(f"{count:,} {what} would be deleted from {where}")
+        print(f"{_entries(count)}{what} would be deleted from {where}")
         if not args.yes:
             if not sys.stdin.isatty():
                 raise CliError(
@@ -480,7 +492,7 @@ def _clear(args: argparse.Namespace) -> int:
         model = None if args.llm_string is None else llm_key(args.llm_string)
         statement, params = cache._sql.clear(model, cutoff)
         deleted = cache._sync.execute(statement, params)
-    print(f"deleted {deleted:,} {what}")
+    print(f"deleted {_entries(deleted)}{what}")
     return 0
 
 
@@ -488,7 +500,7 @@ class ProgressBar:
     """A migration's progress on a stream.
 
     On a terminal one line is redrawn; elsewhere (a log) a line is written per tenth of
-    the rows.
+    the rows, and at 100% whenever the counts change.
     """
 
     def __init__(self, stream: IO[str], width: int = 30) -> None:
@@ -497,6 +509,7 @@ class ProgressBar:
         self._width = width
         self._tenths = -1
         self._drawn = 0
+        self._logged = ""
         self.last: MigrationProgress | None = None
 
     def __call__(self, progress: MigrationProgress) -> None:
@@ -507,14 +520,17 @@ class ProgressBar:
         filled = int(fraction * self._width)
         line = (
             f"[{'#' * filled}{'.' * (self._width - filled)}] {fraction:4.0%}  "
-            f"{progress.rows_read:,}/{total:,} rows: {progress.copied:,} copied, "
+            f"{progress.rows_read:,}/{counted(total, 'row')}: {progress.copied:,} copied, "
             f"{progress.skipped:,} skipped, {progress.unreadable:,} unreadable"
         )
         if self._tty:
             self._stream.write("\r" + line.ljust(self._drawn))
             self._drawn = len(line)
-        elif int(fraction * 10) > self._tenths:
+        elif int(fraction * 10) > self._tenths or (fraction >= 1.0 and line != self._logged):
+            # At 100% every change is written: the last group of a table is copied after
+            # its last row was read, and the log's last line must show it.
             self._tenths = int(fraction * 10)
+            self._logged = line
             self._stream.write(line + "\n")
         self._stream.flush()
 
@@ -529,8 +545,9 @@ class ProgressBar:
 def format_report(report: MigrationReport, source: str, where: str) -> str:
     """``migrate``'s summary of a finished migration."""
     lines = [
-        f"migrated {source!r} ({report.layout} layout, {report.rows_read:,} rows) into {where}",
-        f"copied {report.copied:,} entries, skipped {report.skipped:,} already present, "
+        f"migrated {source!r} ({report.layout} layout, {counted(report.rows_read, 'row')}) "
+        f"into {where}",
+        f"copied {_entries(report.copied)}, skipped {report.skipped:,} already present, "
         f"{report.unreadable:,} unreadable",
     ]
     for reason, count in sorted(report.reasons.items(), key=lambda item: (-item[1], item[0])):
@@ -592,7 +609,7 @@ def _migrate(args: argparse.Namespace) -> int:
         bar.finish()
         copied = bar.last.copied if bar.last else 0
         print(
-            f"interrupted after copying {copied:,} entries: run the same command again to "
+            f"interrupted after copying {_entries(copied)}: run the same command again to "
             "finish (what is already copied is skipped)",
             file=sys.stderr,
         )
