@@ -33,6 +33,7 @@ async def test_a_thousand_lookups_on_a_dead_database_send_a_handful(fault: str) 
         port = server.port if fault == "never answers" else closed_port()
         cache = SQLAlchemyCache(
             f"postgresql://postgres@127.0.0.1:{port}/test",
+            local_max_bytes=0,  # the database path, not the tier
             timeout=0.2,
             breaker_threshold=5,
             breaker_cooldown=600,
@@ -57,6 +58,7 @@ async def test_a_thousand_lookups_on_a_dead_database_send_a_handful(fault: str) 
 async def test_an_open_breaker_raises_at_once_under_raise() -> None:
     cache = SQLAlchemyCache(
         f"postgresql://postgres@127.0.0.1:{closed_port()}/test",
+        local_max_bytes=0,  # the database path, not the tier
         on_error="raise",
         breaker_threshold=2,
         breaker_cooldown=600,
@@ -83,6 +85,7 @@ async def test_after_the_cool_down_one_probe_closes_or_reopens_it(postgres_url: 
     with FreezeProxy(upstream) as proxy:
         cache = SQLAlchemyCache(
             f"postgresql://postgres@127.0.0.1:{proxy.port}/test",
+            local_max_bytes=0,  # the database path, not the tier
             table_name=table,
             # Generous: the probe after the thaw reconnects within it on a loaded machine.
             timeout=2.0,

@@ -714,7 +714,11 @@ async def test_sync_side_serves_while_the_async_side_is_unreachable(
     sync_engine = create_engine(url.set(drivername="postgresql+psycopg"))
     table = unique_table()
     cache = SQLAlchemyCache(
-        async_engine, sync_engine=sync_engine, table_name=table, on_error="raise"
+        async_engine,
+        sync_engine=sync_engine,
+        table_name=table,
+        on_error="raise",
+        local_max_bytes=0,  # each side's own database path
     )
     cache.update("p", "llm", [Generation(text="x")])
     assert cache.lookup("p", "llm") == [Generation(text="x")]
@@ -738,7 +742,11 @@ async def test_async_side_serves_while_the_sync_side_is_unreachable(
     sync_engine = create_engine(url.set(drivername="postgresql+psycopg", port=1))
     table = unique_table()
     cache = SQLAlchemyCache(
-        async_engine, sync_engine=sync_engine, table_name=table, on_error="raise"
+        async_engine,
+        sync_engine=sync_engine,
+        table_name=table,
+        on_error="raise",
+        local_max_bytes=0,  # each side's own database path
     )
     await cache.aupdate("p", "llm", [Generation(text="x")])
     assert await cache.alookup("p", "llm") == [Generation(text="x")]

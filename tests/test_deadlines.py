@@ -65,6 +65,7 @@ async def test_under_raise_a_deadline_is_a_cache_error_from_a_timeout(driver: st
     with SilentServer() as server:
         cache = SQLAlchemyCache(
             driver_url(driver, server.port),
+            local_max_bytes=0,  # the database path, not the tier
             timeout=0.3,
             on_error="raise",
             breaker_threshold=None,
@@ -93,6 +94,7 @@ async def test_a_server_frozen_with_the_pool_warm(
     with FreezeProxy(upstream) as proxy:
         cache = SQLAlchemyCache(
             driver_url(driver, proxy.port),
+            local_max_bytes=0,  # the database path, not the tier
             table_name=table,
             # Generous: after the thaw a call reconnects within it on a loaded machine.
             timeout=2.0,
@@ -139,7 +141,9 @@ async def test_sqlite_calls_end_at_their_deadline_while_the_file_is_locked(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "cache.db"
-    cache = SQLAlchemyCache(f"sqlite:///{path}", timeout=1.0, breaker_threshold=None)
+    cache = SQLAlchemyCache(
+        f"sqlite:///{path}", timeout=1.0, breaker_threshold=None, local_max_bytes=0
+    )
     cache.update("p", LLM, value("before"))
     assert await cache.alookup("p", LLM) == value("before")
     holder = sqlite3.connect(path, check_same_thread=False)
@@ -165,7 +169,9 @@ def test_sync_deadlines_hold_across_threads(postgres_url: str) -> None:
     table = unique_table()
     with FreezeProxy(5432) as proxy:
         url = driver_url("postgresql+psycopg", proxy.port)
-        cache = SQLAlchemyCache(url, table_name=table, timeout=2.0, breaker_threshold=None)
+        cache = SQLAlchemyCache(
+            url, table_name=table, timeout=2.0, breaker_threshold=None, local_max_bytes=0
+        )
         try:
             cache.update("p", LLM, value("p"))
             proxy.freeze()

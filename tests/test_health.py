@@ -19,6 +19,7 @@ from langchain_sqlalchemy_cache._cli import main
 
 from .conftest import CacheFactory
 from .freezeproxy import SilentServer, closed_port
+from .helpers import table_of
 
 SENTINEL = "s3ntinel-pw"
 
@@ -83,7 +84,7 @@ def test_cli_check_exit_codes(
 ) -> None:
     cache = make_cache()
     assert cache.health().ok  # creates the table
-    table = cache._table.name
+    table = table_of(cache).name
     assert main(["check", backend_url, "--table", table]) == 0
     out = capsys.readouterr().out
     assert out.startswith("ok: ")

@@ -18,7 +18,7 @@ from langchain_sqlalchemy_cache import ConfigurationError, SQLAlchemyCache
 from langchain_sqlalchemy_cache._local_tier import ENTRY_OVERHEAD, LocalTier
 
 from .conftest import CacheFactory
-from .helpers import value
+from .helpers import age, table_of, value
 
 LLM = "fake-llm"
 CLI = (sys.executable, "-m", "langchain_sqlalchemy_cache")
@@ -85,7 +85,7 @@ async def test_sync_and_async_share_the_tier(acache: SQLAlchemyCache) -> None:
 
 def test_an_entry_read_from_the_table_is_kept(make_cache: CacheFactory) -> None:
     writer = make_cache(local_max_bytes=0)
-    reader = make_cache(table_name=writer._table.name)
+    reader = make_cache(table_name=table_of(writer).name)
     writer.update("p", LLM, value("a"))
     sent = Statements(reader)
     assert reader.lookup("p", LLM) == value("a")
@@ -141,6 +141,9 @@ def test_ttl_ends_an_entry_in_memory(
     assert cache.stats().memory_hits == 1
     tier = cache._tier
     assert tier is not None
+    # The row is past its ttl by the server's clock (PostgreSQL, MySQL) and, with time
+    # moved on, by the client's (SQLite).
+    age(cache, "p", 61, LLM)
     later = time.time() + 60
     tier.wall_clock = lambda: later  # the staleness clock still says "fresh"
     monkeypatch.setattr(time, "time", lambda: later)  # and the table's ttl agrees
@@ -170,8 +173,9 @@ def test_own_purge_applies_to_memory_at_once(
     tier = cache._tier
     assert tier is not None
     assert len(tier) == 1
+    age(cache, "old", 3601, LLM)  # past its ttl by the server's clock
     later = time.time() + 3601
-    monkeypatch.setattr(time, "time", lambda: later)  # the entry is now past its ttl
+    monkeypatch.setattr(time, "time", lambda: later)  # and by the client's (SQLite)
     assert cache.purge_expired() == 1
     assert len(tier) == 0
 
@@ -212,7 +216,7 @@ with SQLAlchemyCache(url, table_name=table, local_max_bytes=0) as cache:
 def test_another_process_is_seen_within_the_bound(
     backend_url: str, cache: SQLAlchemyCache, clock: Clock, how: str
 ) -> None:
-    table = cache._table.name
+    table = table_of(cache).name
     cache.update("p", LLM, value("mine"))
     assert cache.lookup("p", LLM) == value("mine")
     if how == "cli clear":
@@ -242,7 +246,7 @@ def test_another_process_is_seen_on_the_real_clock(
 ) -> None:
     cache.update("p", LLM, value("mine"))
     assert cache.lookup("p", LLM) == value("mine")
-    run_elsewhere(OTHER_PROCESS, backend_url, cache._table.name, "clear")
+    run_elsewhere(OTHER_PROCESS, backend_url, table_of(cache).name, "clear")
     cleared_at = time.monotonic()
     deadline = cleared_at + 30  # a generous cap for a loaded machine, not the bound
     while cache.lookup("p", LLM) is not None:

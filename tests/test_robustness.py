@@ -14,7 +14,7 @@ from langchain_core.outputs import ChatGeneration, Generation
 from langchain_sqlalchemy_cache import CacheError, SQLAlchemyCache
 
 from .conftest import CacheFactory
-from .helpers import queue_pool
+from .helpers import queue_pool, table_of
 
 LLM = "robustness-test-llm"
 
@@ -88,10 +88,10 @@ async def test_async_update_skips_an_answer_too_deep_to_encode(
 async def test_unreadable_rows_are_reported_at_a_limited_rate(
     make_cache: CacheFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    cache = make_cache()
+    cache = make_cache(local_max_bytes=0)  # read from the table each time
     await cache.aupdate("p", LLM, [Generation(text="x")])
     with cache.sync_engine.begin() as connection:
-        connection.execute(cache._table.update().values(payload=b"not json"))
+        connection.execute(table_of(cache).update().values(payload=b"not json"))
     with caplog.at_level(logging.WARNING, logger="langchain_sqlalchemy_cache"):
         for _ in range(50):
             assert cache.lookup("p", LLM) is None

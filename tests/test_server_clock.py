@@ -14,6 +14,7 @@ from sqlalchemy import text, update
 from langchain_sqlalchemy_cache import SQLAlchemyCache
 
 from .conftest import drop_table, unique_table
+from .helpers import remember, table_of
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -40,8 +41,11 @@ def host_clock(monkeypatch: pytest.MonkeyPatch, skew: float) -> Iterator[None]:
 def hosts(server_url: str) -> Iterator[tuple[SQLAlchemyCache, SQLAlchemyCache]]:
     """Two caches on one table, as two application hosts would have."""
     table = unique_table()
-    first = SQLAlchemyCache(server_url, table_name=table, ttl=TTL)
-    second = SQLAlchemyCache(server_url, table_name=table, ttl=TTL)
+    # The tier off: what is judged here is the table's rows, by the server's clock.
+    first = remember(
+        SQLAlchemyCache(server_url, table_name=table, ttl=TTL, local_max_bytes=0), table
+    )
+    second = SQLAlchemyCache(server_url, table_name=table, ttl=TTL, local_max_bytes=0)
     yield first, second
     drop_table(first, table)
     first.close()
@@ -92,7 +96,7 @@ async def test_expiry_is_judged_by_the_server_clock(
     first, second = hosts
     first.update("old", "m", VALUE)
     first.update("new", "m", VALUE)
-    table = first._table
+    table = table_of(first)
     with first.sync_engine.connect() as connection:  # written 20 minutes ago, server time
         connection.execute(
             update(table)
