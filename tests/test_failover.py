@@ -286,7 +286,10 @@ async def test_failover_under_load_loses_nothing_written_after_the_promotion() -
     """
     with cluster_or_skip(standbys=1) as cluster:
         old, new = cluster.primary, cluster.standbys[0]
-        cache = SQLAlchemyCache(multihost(old, new), table_name="failover", on_error="miss")
+        # The tier off: every call of the load goes to the cluster.
+        cache = SQLAlchemyCache(
+            multihost(old, new), table_name="failover", on_error="miss", local_max_bytes=0
+        )
         try:
             for i in range(SEEDS):
                 await cache.aupdate(seed_prompt(i), LLM, value(f"seed {i}"))
@@ -325,7 +328,9 @@ async def test_failover_under_load_loses_nothing_written_after_the_promotion() -
             stats = cache.stats()
             assert stats.breaker_opened - opened_before <= 1  # at most one more cool-down
             promoted = [op for op in load.ops if op.started > load.promoted_at]
-            recovered_at = min(op.started for op in promoted if op.kind == "lookup" and op.hit)
+            # Once a call has worked (the breaker's probe), the breaker is closed: calls
+            # begun from then on go to the new primary.
+            recovered_at = min(op.ended for op in promoted if op.kind == "lookup" and op.hit)
             after = [op for op in promoted if op.started >= recovered_at]
             assert {op.kind for op in after} == {"lookup", "update"}
             # Every call begun once the cache reached the new primary worked: lookups

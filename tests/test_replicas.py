@@ -90,6 +90,7 @@ def clients(node: Node) -> int:
 def reader(cluster: Cluster, table: str, **options: object) -> SQLAlchemyCache:
     options.setdefault("replicas", [node.url() for node in cluster.standbys])
     options.setdefault("on_error", "raise")
+    options.setdefault("local_max_bytes", 0)  # every lookup is routed, none is from memory
     return SQLAlchemyCache(
         cluster.primary.url(),
         table_name=table,

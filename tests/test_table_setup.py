@@ -139,7 +139,8 @@ async def test_a_table_dropped_at_runtime_is_recreated_by_the_next_call(
     backend_url: str, admin: Engine, side: str
 ) -> None:
     table_name = unique_table()
-    cache = SQLAlchemyCache(backend_url, table_name=table_name, on_error="raise")
+    # The tier off: after the drop, lookups must go to the new table.
+    cache = SQLAlchemyCache(backend_url, table_name=table_name, on_error="raise", local_max_bytes=0)
     try:
         cache.update("p", "m", VALUE)
         assert await cache.alookup("p", "m") == VALUE  # both sides ready
@@ -167,7 +168,10 @@ async def test_without_create_table_a_dropped_table_fails_until_it_is_back(
     table_name = unique_table()
     maker = SQLAlchemyCache(backend_url, table_name=table_name)
     maker.update("p", "m", VALUE)
-    cache = SQLAlchemyCache(backend_url, table_name=table_name, create_table=False)
+    # The tier off: after the drop, lookups must reach the database.
+    cache = SQLAlchemyCache(
+        backend_url, table_name=table_name, create_table=False, local_max_bytes=0
+    )
     try:
         assert await cache.alookup("p", "m") == VALUE
         drop_table(cache, table_name)
