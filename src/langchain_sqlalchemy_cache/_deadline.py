@@ -21,6 +21,7 @@ import math
 import os
 import socket
 import sqlite3
+import sys
 import threading
 import time
 from contextvars import ContextVar
@@ -69,6 +70,19 @@ def timeout_error(seconds: float) -> TimeoutError:
     return TimeoutError(f"no answer from the database within {seconds:g}s")
 
 
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as _timeout
+
+    def _expired(timeout: Any) -> bool:
+        return bool(timeout.expired())
+
+else:  # Python 3.10: the same context manager, from the package asyncio's was made from
+    from async_timeout import timeout as _timeout
+
+    def _expired(timeout: Any) -> bool:
+        return bool(timeout.expired)
+
+
 # The async side.
 
 
@@ -79,7 +93,7 @@ class AsyncDeadline:
 
     def __init__(self, seconds: float | None) -> None:
         self._seconds = seconds
-        self._timeout = asyncio.timeout(seconds)
+        self._timeout = _timeout(seconds)
 
     async def __aenter__(self) -> None:
         await self._timeout.__aenter__()
@@ -92,8 +106,8 @@ class AsyncDeadline:
     ) -> None:
         try:
             await self._timeout.__aexit__(exc_type, exc, tb)
-        except TimeoutError:
-            if self._timeout.expired() and self._seconds is not None:
+        except (TimeoutError, asyncio.TimeoutError):  # one class from Python 3.11 on
+            if _expired(self._timeout) and self._seconds is not None:
                 raise timeout_error(self._seconds) from None
             raise
 
