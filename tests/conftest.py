@@ -190,7 +190,14 @@ def _needs_mysql(item: pytest.Item) -> bool:
         return True
     callspec = getattr(item, "callspec", None)
     values = callspec.params.values() if callspec is not None else ()
-    return any(isinstance(value, str) and value in ("mysql", "mariadb") for value in values)
+    return any(isinstance(value, str) and _names_mysql(value) for value in values)
+
+
+def _names_mysql(value: str) -> bool:
+    """``"mysql"``, ``"mariadb"``, a driver name such as ``"mysql+asyncmy"``, a MySQL URL,
+    or the ``"mysql_url"`` fixture's name (tests that look it up by name)."""
+    backend = value.split("+", 1)[0].split(":", 1)[0]
+    return backend in ("mysql", "mariadb") or value == "mysql_url"
 
 
 def pytest_configure(config: pytest.Config) -> None:
