@@ -21,8 +21,10 @@ LLM = "breaker-test-llm"
 
 
 def wait_for_state(cache: SQLAlchemyCache, state: str) -> None:
-    # The cool-down is the breaker's own clock; pytest-timeout bounds the wait.
+    # The cool-down is the breaker's own clock: poll its state, with a cap against hanging.
+    deadline = time.monotonic() + 60
     while cache.stats().breaker != state:
+        assert time.monotonic() < deadline, f"the breaker never became {state}"
         time.sleep(0.01)
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,7 +17,7 @@ from langchain_sqlalchemy_cache import ConfigurationError, SQLAlchemyCache
 from langchain_sqlalchemy_cache._single_flight import Flights
 
 from .conftest import CacheFactory
-from .helpers import value
+from .helpers import eventually, value
 
 LLM = "fake-llm"
 PROMPTS = [f"question {i}" for i in range(20)]
@@ -59,14 +57,6 @@ class SlowModel(BaseChatModel):
 def flights(cache: SQLAlchemyCache) -> Flights:
     assert cache._flights is not None
     return cache._flights
-
-
-async def until(condition: Callable[[], bool], what: str) -> None:
-    """Return once ``condition()`` holds (polled; a cap of 30 s, not a timing)."""
-    deadline = time.monotonic() + 30
-    while not condition():
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        await asyncio.sleep(0.002)
 
 
 @pytest.mark.parametrize("local_max_bytes", [0, 32 * 2**20], ids=["tier-off", "tier-on"])
@@ -113,7 +103,7 @@ async def test_cancelled_waiters_leave_nothing_behind(make_cache: CacheFactory) 
     cache = make_cache(single_flight=True)
     assert await cache.alookup("p", LLM) is None  # this task fills "p"
     waiters = [asyncio.create_task(cache.alookup("p", LLM)) for _ in range(5)]
-    await until(lambda: flights(cache).waiting() == 5, "five waiters")
+    await eventually(lambda: flights(cache).waiting() == 5, "five waiters")
     for waiter in waiters:
         waiter.cancel()
     await asyncio.gather(*waiters, return_exceptions=True)
@@ -136,18 +126,18 @@ async def test_a_waiter_cancelled_as_it_is_made_filler_hands_on(
         await leader_done.wait()  # then ends without storing
 
     lead = asyncio.create_task(leader())
-    await until(lambda: len(flights(cache)) == 1, "the leader's miss")
+    await eventually(lambda: len(flights(cache)) == 1, "the leader's miss")
     first = asyncio.create_task(cache.alookup("p", LLM))
-    await until(lambda: flights(cache).waiting() == 1, "the first waiter")
+    await eventually(lambda: flights(cache).waiting() == 1, "the first waiter")
     second = asyncio.create_task(cache.alookup("p", LLM))
-    await until(lambda: flights(cache).waiting() == 2, "the second waiter")
+    await eventually(lambda: flights(cache).waiting() == 2, "the second waiter")
     # Runs right after the flight's own callback made `first` the filler, before
     # `first` could resume: it is cancelled while holding the key.
     lead.add_done_callback(lambda _: first.cancel())
     leader_done.set()
     assert await second is None  # handed on: `second` fills
     assert first.cancelled()
-    await until(lambda: len(flights(cache)) == 0, "the flight ended with its last filler")
+    await eventually(lambda: len(flights(cache)) == 0, "the flight ended with its last filler")
     await cache.aclose()
 
 
@@ -158,7 +148,7 @@ async def test_sync_and_async_waiters_get_the_store(make_cache: CacheFactory) ->
     thread = threading.Thread(target=lambda: got.append(cache.lookup("p", LLM)))
     thread.start()
     waiter = asyncio.create_task(cache.alookup("p", LLM))
-    await until(lambda: flights(cache).waiting() == 2, "a thread and a task waiting")
+    await eventually(lambda: flights(cache).waiting() == 2, "a thread and a task waiting")
     await cache.aupdate("p", LLM, value("filled"))
     assert await waiter == value("filled")
     await asyncio.to_thread(thread.join, 30)
@@ -184,7 +174,7 @@ async def test_a_filler_that_runs_out_of_time_releases_one_waiter(
         return found
 
     callers = [asyncio.create_task(caller(n)) for n in range(3)]
-    await until(lambda: bool(missed), "a waiter released to fill")
+    await eventually(lambda: bool(missed), "a waiter released to fill")
     assert len(missed) == 1
     assert flights(cache).waiting() == 2  # the others keep waiting
     store.set()
@@ -209,7 +199,7 @@ def _sync_twice(cache: SQLAlchemyCache) -> list[object]:
 async def test_a_filler_whose_task_ended_frees_the_key(make_cache: CacheFactory) -> None:
     cache = make_cache(single_flight=3600)
     await asyncio.create_task(_miss(cache))
-    await until(lambda: len(flights(cache)) == 0, "the key freed")
+    await eventually(lambda: len(flights(cache)) == 0, "the key freed")
     assert await cache.alookup("p", LLM) is None
 
 

@@ -894,6 +894,13 @@ class SQLAlchemyCache(BaseCache):
             seconds = self._timeout if self._timeout is not None else DEFAULT_TIMEOUT
         return seconds
 
+    def _health(self, start: float, exc: Exception | None) -> Health:
+        if exc is not None:
+            error = describe(exc, self._policy.redact)
+            return Health(ok=False, latency=None, error=error, breaker=self._breaker.state)
+        latency = perf_counter() - start
+        return Health(ok=True, latency=latency, error=None, breaker=self._breaker.state)
+
     def _probe_params(self) -> dict[str, Any]:
         return self._sql.lookup_params([PROBE_KEY], time.time())
 
@@ -915,15 +922,8 @@ class SQLAlchemyCache(BaseCache):
             with SyncDeadline(seconds):
                 self._sync.fetch(self._sql.lookup, self._probe_params())
         except Exception as exc:
-            return Health(
-                ok=False,
-                latency=None,
-                error=describe(exc, self._policy.redact),
-                breaker=self._breaker.state,
-            )
-        return Health(
-            ok=True, latency=perf_counter() - start, error=None, breaker=self._breaker.state
-        )
+            return self._health(start, exc)
+        return self._health(start, None)
 
     async def ahealth(self, *, timeout: Timeout = None) -> Health:
         """Async ``health``, on the AsyncEngine (the wait for a connection slot counts)."""
@@ -934,15 +934,8 @@ class SQLAlchemyCache(BaseCache):
             async with AsyncDeadline(seconds), self._slots.get():
                 await self._async.fetch(self._sql.lookup, self._probe_params())
         except Exception as exc:
-            return Health(
-                ok=False,
-                latency=None,
-                error=describe(exc, self._policy.redact),
-                breaker=self._breaker.state,
-            )
-        return Health(
-            ok=True, latency=perf_counter() - start, error=None, breaker=self._breaker.state
-        )
+            return self._health(start, exc)
+        return self._health(start, None)
 
     def _check_open(self) -> None:
         if self._closed:
