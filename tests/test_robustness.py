@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -12,6 +13,12 @@ from langchain_core.messages import AIMessage
 from langchain_core.outputs import ChatGeneration, Generation
 
 from langchain_sqlalchemy_cache import CacheError, SQLAlchemyCache
+from langchain_sqlalchemy_cache._codec import (
+    MAX_NESTING,
+    UncacheableError,
+    _nesting,
+    encode_generations,
+)
 
 from .conftest import CacheFactory
 from .helpers import queue_pool, table_of
@@ -82,6 +89,26 @@ async def test_async_update_skips_an_answer_too_deep_to_encode(
     with pytest.raises(TypeError, match="Generation"):
         await cache.aupdate("p", LLM, "not generations")  # type: ignore[arg-type]
     await cache.aclose()
+
+
+@pytest.mark.parametrize("shape", ["list", "dict"])
+def test_the_nesting_limit_is_the_same_on_every_interpreter(shape: str) -> None:
+    # 3.13 encodes 5,000 levels where 3.11 stops near 1,000: without a limit of its
+    # own, a row one interpreter writes could be a miss on another reading the table.
+    def payload_depth(depth: int) -> int:
+        generations = [Generation(text="t", generation_info={"deep": nest(depth, 1, shape)})]
+        return _nesting(json.loads(encode_generations(generations)))
+
+    # The wrappers around generation_info: the array, the entry, "fields", the info dict.
+    fits = MAX_NESTING - payload_depth(0)
+    assert payload_depth(fits) == MAX_NESTING
+    too_deep = [Generation(text="t", generation_info={"deep": nest(fits + 1, 1, shape)})]
+    with pytest.raises(UncacheableError, match=f"more than {MAX_NESTING} levels"):
+        encode_generations(too_deep)
+    with pytest.raises(UncacheableError, match=f"more than {MAX_NESTING} levels"):
+        encode_generations([Generation(text="t", generation_info={"deep": nest(5_000, 1, shape)})])
+    # Brackets inside strings are text, not nesting.
+    assert encode_generations([Generation(text="[{" * 10_000)])
 
 
 @pytest.mark.timeout(60)

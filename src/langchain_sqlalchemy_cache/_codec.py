@@ -36,6 +36,13 @@ MESSAGE_CLASSES: dict[str, type[BaseMessage]] = {
 }
 
 
+# How deep a stored payload may nest (the generation's own wrappers included). Every
+# supported interpreter reads this back from a deep call stack; past it, what one Python
+# writes another may not read (3.13 encodes 5,000 levels, 3.11 stops near 1,000), so the
+# limit is the library's, not the interpreter's.
+MAX_NESTING = 500
+
+
 class UncacheableError(ValueError):
     """A well-formed generation whose content cannot be stored faithfully."""
 
@@ -106,15 +113,40 @@ def encode_generations(generations: Sequence[Generation]) -> bytes:
     every str comes back exactly. JSON escapes NUL itself.
 
     Raises:
-        UncacheableError: A generation is of a class outside the allowlist, or holds a
-            value JSON cannot represent (a datetime, a custom object).
+        UncacheableError: A generation is of a class outside the allowlist, holds a
+            value JSON cannot represent (a datetime, a custom object), or nests deeper
+            than ``MAX_NESTING`` levels.
     """
     entries = [_entry(generation) for generation in generations]
     try:
         text = json.dumps(entries, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise UncacheableError(f"the generations hold a value JSON cannot store: {exc}") from exc
+    except RecursionError as exc:
+        raise UncacheableError(_too_deep()) from exc
+    # Counting brackets is a C-speed upper bound on the depth: the walk runs only for
+    # payloads that could be too deep.
+    if text.count("[") + text.count("{") > MAX_NESTING and _nesting(entries) > MAX_NESTING:
+        raise UncacheableError(_too_deep())
     return text.encode("utf-8", "surrogatepass")
+
+
+def _too_deep() -> str:
+    return f"the generations nest more than {MAX_NESTING} levels deep, the most the cache stores"
+
+
+def _nesting(value: Any) -> int:
+    """How deep lists and dicts nest in ``value``; a loop, since recursion is what fails."""
+    deepest = 0
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, depth)
+            pending.extend((child, depth + 1) for child in item)
+    return deepest
 
 
 def _fields(container: dict[str, Any]) -> dict[str, Any]:
