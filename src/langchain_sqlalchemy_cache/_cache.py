@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from time import perf_counter
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
-from sqlalchemy import URL, Engine, MetaData
+from sqlalchemy import URL, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import _statements as sql
@@ -20,7 +20,6 @@ from ._batching import Coalescer, Failed
 from ._breaker import CircuitBreaker
 from ._codec import (
     decode_generations,
-    decode_text,
     encode_generations,
     validate_generations,
 )
@@ -36,25 +35,27 @@ from ._deadline import (
     watch_sync_engine,
 )
 from ._engines import EnginePair, resolve_engines
-from ._errors import CacheError, ConfigurationError
+from ._errors import CacheError, ConfigurationError, positive_int
 from ._eviction import TrimSchedule
 from ._health import PROBE_KEY, Health, describe
-from ._identifiers import check_identifier, check_namespace
+from ._identifiers import check_namespace
 from ._identity import PairCheck
 from ._keys import cache_key, llm_key
 from ._local_tier import DEFAULT_MAX_BYTES, DEFAULT_MAX_STALENESS, LocalTier, Mark
 from ._loops import LoopEngines, PerLoop, drop_pool, require_asyncio
+from ._maintenance import CacheTable
 from ._policy import ErrorPolicy, OnError
 from ._ratelimit import RateLimitedLog, logger
 from ._replicas import ReadRouter, Replicas
-from ._schema import DEFAULT_TABLE_NAME, cache_table
+from ._schema import DEFAULT_TABLE_NAME
 from ._secrets import Redactor, raw_url_secrets, safe_url, url_secrets
 from ._single_flight import Flights, Outcome
-from ._stats import CacheStats, Counters, ModelEntries, TableStats, utc
+from ._stats import CacheStats, Counters, TableStats
+from ._steps import Steps, run_async, run_sync
 from ._sync_io import SyncExecutor
-from ._table import TableReadiness
 
 Timeout = float | timedelta | None
+T = TypeVar("T")
 
 
 def _check_text(name: str, value: object) -> str:
@@ -108,21 +109,10 @@ def _single_flight(value: object) -> float | None:
         raise ConfigurationError(msg) from None
 
 
-def _table_stats(
-    summary: Sequence[Any], models: Sequence[Sequence[Any]], size: Sequence[Sequence[Any]] | None
-) -> TableStats:
-    table_bytes = size[0][0] if size else None
-    return TableStats(
-        entries=int(summary[0]),
-        payload_bytes=int(summary[1]),
-        table_bytes=None if table_bytes is None else int(table_bytes),
-        oldest=utc(summary[2]),
-        newest=utc(summary[3]),
-        models=tuple(
-            ModelEntries(llm_key=model, llm_string=decode_text(text), entries=int(count))
-            for model, text, count in models
-        ),
-    )
+def _reported(stats: TableStats | None) -> TableStats:
+    if stats is None:
+        raise AssertionError("unreachable: the strict policy raises")
+    return stats
 
 
 def _waited(outcome: Outcome | None) -> RETURN_VAL_TYPE | None:
@@ -152,13 +142,6 @@ def _default_concurrency(engines: EnginePair) -> int:
     if callable(size):
         return max(1, int(size()))
     return 5  # NullPool and friends: no fixed bound; stay modest with the server
-
-
-def positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        msg = f"{name} must be a positive int, got {value!r}"
-        raise ConfigurationError(msg)
-    return value
 
 
 class SQLAlchemyCache(BaseCache):
@@ -306,13 +289,7 @@ class SQLAlchemyCache(BaseCache):
                 what to pass instead. At first use: the two engines reach different
                 tables, or an async method runs outside asyncio.
         """
-        if not isinstance(table_name, str) or not table_name.strip():
-            msg = f"table_name must be a non-empty str, got {table_name!r}"
-            raise ConfigurationError(msg)
         check_cache_schema(cache_schema, table_name)
-        if schema is not None and (not isinstance(schema, str) or not schema.strip()):
-            msg = f"schema must be a non-empty str or None, got {schema!r}"
-            raise ConfigurationError(msg)
         self._timeout = optional_seconds("timeout", timeout)
         threshold = (
             None
@@ -329,12 +306,18 @@ class SQLAlchemyCache(BaseCache):
         self._engines: EnginePair = resolve_engines(engine, sync_engine, self._timeout)
         watch_sync_engine(self._engines.sync_engine)
         watch_async_engine(self._engines.async_engine.sync_engine)
-        dialect_name = self._engines.dialect_name
-        check_identifier("table_name", table_name, dialect_name)
-        if schema is not None:
-            check_identifier("schema", schema, dialect_name)
-        self._table = cache_table(MetaData(), table_name, schema)
         self._ttl = None if ttl is None else positive_seconds("ttl", ttl)
+        self._store = CacheTable.build(
+            self._engines.dialect_name,
+            table_name,
+            schema,
+            namespace=namespace,
+            ttl=self._ttl,
+            create=create_table,
+        )
+        self._table = self._store.table
+        self._sql = self._store.statements
+        readiness = self._store.readiness
         self._store_prompts = bool(store_prompts)
         self._trims = (
             None if max_entries is None else TrimSchedule(positive_int("max_entries", max_entries))
@@ -354,10 +337,6 @@ class SQLAlchemyCache(BaseCache):
                 *url_secrets(self.sync_engine.url),
             ]
         )
-        self._sql = sql.build_statements(
-            self._table, self._engines.dialect_name, self._ttl, namespace
-        )
-        readiness = TableReadiness(create=create_table)
         pair = PairCheck(
             self._table,
             self._engines.sync_engine,
@@ -570,18 +549,7 @@ class SQLAlchemyCache(BaseCache):
         Raises:
             TypeError: An unknown keyword argument or a bad ``older_than`` was given.
         """
-        self._check_open()
-        seconds = optional_seconds("timeout", timeout)
-        model, older_than = _clear_filters(kwargs)
-        if not self._policy.admit("clear"):
-            return
-        self._reads.wrote_everything()
-        try:
-            with self._policy.guard("clear"), SyncDeadline(seconds):
-                cutoff = None if older_than is None else self._now() - older_than
-                self._sync.execute(*self._sql.clear(model, cutoff))
-        finally:
-            self._forget()
+        self._maintain("clear", timeout, lambda: self._clearing(*_clear_filters(kwargs)))
 
     def purge_expired(self, *, timeout: Timeout = DEFAULT_MAINTENANCE_TIMEOUT) -> int:
         """Delete the entries older than ``ttl``, at most 1000 rows per statement.
@@ -596,14 +564,7 @@ class SQLAlchemyCache(BaseCache):
         Raises:
             ConfigurationError: The cache has no ``ttl``.
         """
-        self._check_open()
-        seconds = optional_seconds("timeout", timeout)
-        ttl = self._require_ttl()
-        if not self._policy.admit("purge"):
-            return 0
-        with self._policy.guard("purge"), SyncDeadline(seconds):
-            return self._delete_older(self._now() - ttl)
-        return 0
+        return self._maintain("purge", timeout, self._purge) or 0
 
     def enforce_max_entries(self, *, timeout: Timeout = DEFAULT_MAINTENANCE_TIMEOUT) -> int:
         """Delete the oldest entries beyond ``max_entries`` now, in batches.
@@ -618,35 +579,7 @@ class SQLAlchemyCache(BaseCache):
         Raises:
             ConfigurationError: The cache has no ``max_entries``.
         """
-        self._check_open()
-        seconds = optional_seconds("timeout", timeout)
-        params = self._sql.nth_newest_params(self._require_max_entries())
-        if not self._policy.admit("evict"):
-            return 0
-        with self._policy.guard("evict"), SyncDeadline(seconds):
-            rows = self._sync.fetch(self._sql.nth_newest, params)
-            return self._delete_older(rows[0].updated_at) if rows else 0
-        return 0
-
-    def _now(self) -> float:
-        """Now by the database server's clock (``server_clock``), in UNIX seconds."""
-        if self._sql.clock is None:
-            return time.time()
-        return float(self._sync.fetch(self._sql.clock, {})[0][0])
-
-    def _delete_older(self, cutoff: float) -> int:
-        # One cutoff for the whole run: rows aging meanwhile wait for the next one.
-        params = self._sql.purge_params(cutoff)
-        deleted = 0
-        try:
-            while True:
-                count = self._sync.execute(self._sql.purge_batch, params)
-                deleted += count
-                if count < sql.PURGE_BATCH_ROWS:
-                    return deleted
-        finally:
-            if deleted:
-                self._forget()
+        return self._maintain("evict", timeout, self._trim) or 0
 
     def stats(self) -> CacheStats:
         """Hits, misses, writes, errors and latency percentiles of this cache object.
@@ -674,33 +607,68 @@ class SQLAlchemyCache(BaseCache):
                 is open (whatever ``on_error`` says: this is an inspection, not a cache
                 call).
         """
-        self._check_open()
-        seconds = optional_seconds("timeout", timeout)
-        params = self._sql.namespace_params()
-        size_query = self._sql.table_size
-        self._strict.admit("table_stats")
-        with self._strict.guard("table_stats"), SyncDeadline(seconds):
-            summary = self._sync.fetch(self._sql.summary, params)[0]
-            models = self._sync.fetch(self._sql.per_model, params)
-            size = (
-                None
-                if size_query is None
-                else self._sync.fetch(size_query, self._sql.table_size_params)
-            )
-            return _table_stats(summary, models, size)
-        raise AssertionError("unreachable: the strict policy raises")
+        stats = self._maintain("table_stats", timeout, self._store.table_stats, self._strict)
+        return _reported(stats)
 
-    def _require_ttl(self) -> float:
+    # Maintenance: each operation's steps are made (and its arguments checked) once, for
+    # both sides; _maintain and _amaintain run them under the deadline and the policy.
+
+    def _clearing(self, model: str | None, older_than: float | None) -> Steps[int]:
+        self._reads.wrote_everything()
+        try:
+            return (yield from self._store.clear(model, older_than))
+        finally:
+            self._forget()
+
+    def _purge(self) -> Steps[int]:
         if self._ttl is None:
             msg = "purge_expired() needs a cache made with ttl=...; use clear(older_than=...)"
             raise ConfigurationError(msg)
-        return self._ttl
+        return self._store.purge(self._ttl, self._forget)
 
-    def _require_max_entries(self) -> int:
+    def _trim(self) -> Steps[int]:
         if self._trims is None:
             msg = "enforce_max_entries() needs a cache made with max_entries=..."
             raise ConfigurationError(msg)
-        return self._trims.max_entries
+        return self._store.trim(self._trims.max_entries, self._forget)
+
+    def _maintain(
+        self,
+        operation: str,
+        timeout: Timeout,
+        make_steps: Callable[[], Steps[T]],
+        policy: ErrorPolicy | None = None,
+    ) -> T | None:
+        """Run an operation's steps on the sync side; None when the policy skipped it."""
+        self._check_open()
+        seconds = optional_seconds("timeout", timeout)
+        steps = make_steps()
+        policy = policy or self._policy
+        if not policy.admit(operation):
+            return None
+        with policy.guard(operation), SyncDeadline(seconds):
+            return run_sync(steps, self._sync)
+        return None
+
+    async def _amaintain(
+        self,
+        operation: str,
+        timeout: Timeout,
+        make_steps: Callable[[], Steps[T]],
+        policy: ErrorPolicy | None = None,
+    ) -> T | None:
+        """``_maintain`` on the async side, each statement holding a connection slot."""
+        self._check_open()
+        require_asyncio()
+        seconds = optional_seconds("timeout", timeout)
+        steps = make_steps()
+        policy = policy or self._policy
+        if not policy.admit(operation):
+            return None
+        with policy.guard(operation):
+            async with AsyncDeadline(seconds):
+                return await run_async(steps, self._async, self._slots.get)
+        return None
 
     # Async core.
 
@@ -775,20 +743,7 @@ class SQLAlchemyCache(BaseCache):
             TypeError: An unknown keyword argument or a bad ``older_than`` was given.
             ConfigurationError: No asyncio event loop runs (e.g. under trio).
         """
-        self._check_open()
-        require_asyncio()
-        seconds = optional_seconds("timeout", timeout)
-        model, older_than = _clear_filters(kwargs)
-        if not self._policy.admit("clear"):
-            return
-        self._reads.wrote_everything()
-        try:
-            with self._policy.guard("clear"):
-                async with AsyncDeadline(seconds), self._slots.get():
-                    cutoff = None if older_than is None else await self._anow() - older_than
-                    await self._async.execute(*self._sql.clear(model, cutoff))
-        finally:
-            self._forget()
+        await self._amaintain("clear", timeout, lambda: self._clearing(*_clear_filters(kwargs)))
 
     async def apurge_expired(self, *, timeout: Timeout = DEFAULT_MAINTENANCE_TIMEOUT) -> int:
         """Async ``purge_expired``, on the AsyncEngine; takes the same ``timeout``.
@@ -799,18 +754,7 @@ class SQLAlchemyCache(BaseCache):
         Raises:
             ConfigurationError: The cache has no ``ttl``, or no asyncio loop runs.
         """
-        self._check_open()
-        require_asyncio()
-        seconds = optional_seconds("timeout", timeout)
-        ttl = self._require_ttl()
-        if not self._policy.admit("purge"):
-            return 0
-        with self._policy.guard("purge"):
-            async with AsyncDeadline(seconds):
-                async with self._slots.get():
-                    cutoff = await self._anow() - ttl
-                return await self._adelete_older(cutoff)
-        return 0
+        return await self._amaintain("purge", timeout, self._purge) or 0
 
     async def aenforce_max_entries(self, *, timeout: Timeout = DEFAULT_MAINTENANCE_TIMEOUT) -> int:
         """Async ``enforce_max_entries``, on the AsyncEngine; takes the same ``timeout``.
@@ -821,37 +765,7 @@ class SQLAlchemyCache(BaseCache):
         Raises:
             ConfigurationError: The cache has no ``max_entries``, or no asyncio loop runs.
         """
-        self._check_open()
-        require_asyncio()
-        seconds = optional_seconds("timeout", timeout)
-        params = self._sql.nth_newest_params(self._require_max_entries())
-        if not self._policy.admit("evict"):
-            return 0
-        with self._policy.guard("evict"):
-            async with AsyncDeadline(seconds):
-                async with self._slots.get():
-                    rows = await self._async.fetch(self._sql.nth_newest, params)
-                return await self._adelete_older(rows[0].updated_at) if rows else 0
-        return 0
-
-    async def _anow(self) -> float:
-        if self._sql.clock is None:
-            return time.time()
-        return float((await self._async.fetch(self._sql.clock, {}))[0][0])
-
-    async def _adelete_older(self, cutoff: float) -> int:
-        params = self._sql.purge_params(cutoff)
-        deleted = 0
-        try:
-            while True:
-                async with self._slots.get():
-                    count = await self._async.execute(self._sql.purge_batch, params)
-                deleted += count
-                if count < sql.PURGE_BATCH_ROWS:
-                    return deleted
-        finally:
-            if deleted:
-                self._forget()
+        return await self._amaintain("evict", timeout, self._trim) or 0
 
     async def atable_stats(self, *, timeout: Timeout = DEFAULT_MAINTENANCE_TIMEOUT) -> TableStats:
         """Async ``table_stats``: what the table holds for this namespace.
@@ -860,23 +774,8 @@ class SQLAlchemyCache(BaseCache):
             CacheError: The database could not be read in time, or the breaker is open
                 (``ConfigurationError`` when no asyncio loop runs).
         """
-        self._check_open()
-        require_asyncio()
-        seconds = optional_seconds("timeout", timeout)
-        params = self._sql.namespace_params()
-        size_query = self._sql.table_size
-        self._strict.admit("table_stats")
-        with self._strict.guard("table_stats"):
-            async with AsyncDeadline(seconds), self._slots.get():
-                summary = (await self._async.fetch(self._sql.summary, params))[0]
-                models = await self._async.fetch(self._sql.per_model, params)
-                size = (
-                    None
-                    if size_query is None
-                    else await self._async.fetch(size_query, self._sql.table_size_params)
-                )
-            return _table_stats(summary, models, size)
-        raise AssertionError("unreachable: the strict policy raises")
+        stats = await self._amaintain("table_stats", timeout, self._store.table_stats, self._strict)
+        return _reported(stats)
 
     async def astats(self, *, timeout: Timeout = DEFAULT_MAINTENANCE_TIMEOUT) -> TableStats:
         """Deprecated name of ``atable_stats`` (kept for one release).

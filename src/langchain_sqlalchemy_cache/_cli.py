@@ -18,17 +18,21 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from typing import IO, Any, NoReturn
 
-from sqlalchemy import MetaData, func, inspect, make_url, select
+from sqlalchemy import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import __version__
 from ._cache import SQLAlchemyCache
-from ._errors import CacheError
+from ._errors import CacheError, positive_int
 from ._keys import llm_key
+from ._maintenance import CacheTable
 from ._migrate import MigrationProgress, MigrationReport, migrate
-from ._schema import DEFAULT_TABLE_NAME, cache_table
+from ._schema import DEFAULT_TABLE_NAME
 from ._secrets import Redactor, raw_url_secrets, url_secrets
 from ._stats import TableStats
+from ._steps import run_sync
+from ._sync_io import SyncExecutor
+from ._table import missing_columns
 
 PROG = "langchain-sqlalchemy-cache"
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -63,20 +67,17 @@ def duration(text: str) -> float:
     return seconds
 
 
-def positive_int(text: str) -> int:
-    """A positive integer.
+def positive_count(text: str) -> int:
+    """A positive integer (``positive_int``) written as ``500`` or ``10_000``.
 
     Raises:
         argparse.ArgumentTypeError: It is not one.
     """
     try:
-        value = int(text.replace("_", ""))
-    except ValueError:
-        value = 0
-    if value < 1:
+        return positive_int("N", int(text.replace("_", "")))
+    except ValueError:  # not a number, or a ConfigurationError
         msg = f"invalid value {text!r}: use a positive integer"
-        raise argparse.ArgumentTypeError(msg)
-    return value
+        raise argparse.ArgumentTypeError(msg) from None
 
 
 def counted(count: int, singular: str, plural: str | None = None) -> str:
@@ -187,7 +188,7 @@ def _parser() -> _Parser:
     )
     purge.add_argument(
         "--max-entries",
-        type=positive_int,
+        type=positive_count,
         metavar="N",
         help="keep only the newest N entries of the namespace",
     )
@@ -234,7 +235,7 @@ def _parser() -> _Parser:
     migrate_.add_argument("--from-schema", help="its schema (default: the database's)")
     migrate_.add_argument(
         "--batch-size",
-        type=positive_int,
+        type=positive_count,
         metavar="N",
         default=500,
         help="source rows read and written per statement (default: 500)",
@@ -284,13 +285,14 @@ def _where(args: argparse.Namespace) -> str:
     return f"table {name!r}{namespace} in {hide_password(args.url)}"
 
 
-def _open(args: argparse.Namespace, **options: Any) -> SQLAlchemyCache:
-    """The cache on ``args``' table, which must exist: nothing is created."""
+@contextlib.contextmanager
+def _open(args: argparse.Namespace, **options: Any) -> Iterator[tuple[SQLAlchemyCache, CacheTable]]:
+    """The cache on ``args``' table, which must exist (nothing is created), and the table."""
     database = _sqlite_file(args.url)
     if database is not None and not os.path.exists(database):
         # Connecting would create an empty database file under the mistyped name.
         raise CliError(f"no SQLite database at {database!r}")
-    cache = SQLAlchemyCache(
+    with SQLAlchemyCache(
         args.url,
         table_name=args.table,
         schema=args.schema,
@@ -298,13 +300,8 @@ def _open(args: argparse.Namespace, **options: Any) -> SQLAlchemyCache:
         on_error="raise",
         create_table=False,
         **options,
-    )
-    try:
-        _check_table(cache, args)
-    except BaseException:
-        cache.close()
-        raise
-    return cache
+    ) as cache:
+        yield cache, _existing_table(cache.sync_engine, args)
 
 
 def _sqlite_file(url: str) -> str | None:
@@ -317,21 +314,23 @@ def _sqlite_file(url: str) -> str | None:
     return parsed.database
 
 
-def _check_table(cache: SQLAlchemyCache, args: argparse.Namespace) -> None:
+def _existing_table(engine: Engine, args: argparse.Namespace) -> CacheTable:
+    table = CacheTable.build(
+        engine.dialect.name, args.table, args.schema, namespace=args.namespace, create=False
+    )
+    with engine.connect() as connection:
+        missing = missing_columns(connection, table.table)
     name = args.table if args.schema is None else f"{args.schema}.{args.table}"
     where = hide_password(args.url)
-    inspector = inspect(cache.sync_engine)
-    if not inspector.has_table(args.table, schema=args.schema):
+    if missing is None:
         raise CliError(f"table {name!r} does not exist in {where}")
-    found = {c["name"] for c in inspector.get_columns(args.table, schema=args.schema)}
-    expected = cache_table(MetaData(), args.table, args.schema).columns
-    missing = [c.name for c in expected if c.name not in found]
     if missing:
         msg = (
             f"table {name!r} in {where} is not a langchain-sqlalchemy-cache table "
             f"(it lacks the columns {missing})"
         )
         raise CliError(msg)
+    return table
 
 
 # The subcommands.
@@ -395,7 +394,7 @@ def format_stats(stats: TableStats, where: str) -> str:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    with _open(args) as cache:
+    with _open(args) as (cache, _):
         stats = cache.table_stats()
     print(format_stats(stats, _where(args)))
     return 0
@@ -429,7 +428,7 @@ def _check(args: argparse.Namespace) -> int:
 def _purge(args: argparse.Namespace) -> int:
     if args.ttl is None and args.max_entries is None:
         args.command_parser.error("give --ttl, --max-entries, or both")
-    with _open(args, ttl=args.ttl, max_entries=args.max_entries) as cache:
+    with _open(args, ttl=args.ttl, max_entries=args.max_entries) as (cache, _):
         where = _where(args)
         if args.ttl is not None:
             deleted = cache.purge_expired()
@@ -444,17 +443,6 @@ def _purge(args: argparse.Namespace) -> int:
     return 0
 
 
-def _count(cache: SQLAlchemyCache, args: argparse.Namespace, cutoff: float) -> int:
-    """How many entries ``clear`` with these filters would delete."""
-    table = cache_table(MetaData(), args.table, args.schema)
-    query = select(func.count()).select_from(table).where(table.c.namespace == args.namespace)
-    if args.llm_string is not None:
-        query = query.where(table.c.llm_key == llm_key(args.llm_string))
-    query = query.where(table.c.updated_at < cutoff)
-    with cache.sync_engine.connect() as connection:
-        return int(connection.execute(query).scalar_one())
-
-
 def _confirmed() -> bool:
     try:
         answer = input("Delete them? [y/N] ")
@@ -464,11 +452,13 @@ def _confirmed() -> bool:
 
 
 def _clear(args: argparse.Namespace) -> int:
-    with _open(args) as cache:
+    model = None if args.llm_string is None else llm_key(args.llm_string)
+    with _open(args) as (cache, table):
+        executor = SyncExecutor(cache.sync_engine, table.table, table.readiness)
         # One cutoff, fixed when counting, also without --older-than: entries written
         # while the question waits for an answer are not deleted.
-        cutoff = cache._now() - (args.older_than or 0.0)  # the server's clock
-        count = _count(cache, args, cutoff)
+        cutoff = run_sync(table.now(), executor) - (args.older_than or 0.0)
+        count = run_sync(table.count(model, cutoff), executor)
         what = ""
         if args.llm_string is not None:
             what += f" of the model {_model_label(args.llm_string, None)!r}"
@@ -487,11 +477,9 @@ def _clear(args: argparse.Namespace) -> int:
             if not _confirmed():
                 print("nothing deleted", file=sys.stderr)
                 return 1
-        # The cache's own DELETE with the very cutoff counted, run directly for its row
-        # count (clear() returns nothing, as LangChain's BaseCache says).
-        model = None if args.llm_string is None else llm_key(args.llm_string)
-        statement, params = cache._sql.clear(model, cutoff)
-        deleted = cache._sync.execute(statement, params)
+        # clear()'s DELETE with the very cutoff counted, run here for its row count
+        # (clear() returns nothing, as LangChain's BaseCache says).
+        deleted = run_sync(table.delete(model, cutoff), executor)
     print(f"deleted {_entries(deleted)}{what}")
     return 0
 

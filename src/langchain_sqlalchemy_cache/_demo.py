@@ -12,8 +12,10 @@ from langchain_core.callbacks import AsyncCallbackManagerForLLMRun
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from langchain_core.messages import BaseMessage, HumanMessage
 from langchain_core.outputs import ChatResult
+from sqlalchemy import MetaData
 
 from ._cache import SQLAlchemyCache
+from ._schema import cache_table
 
 DEMO_TABLE = "langchain_sqlalchemy_cache_demo"
 MODEL_LATENCY_S = 0.5
@@ -38,7 +40,7 @@ async def _ask(cache: SQLAlchemyCache, out: Any) -> None:
     question = [HumanMessage("What is the capital of France?")]
     async with cache.async_engine.begin() as connection:
         # The demo's own table: start from a miss every time, on the current layout.
-        await connection.run_sync(cache._table.drop, checkfirst=True)
+        await connection.run_sync(cache_table(MetaData(), DEMO_TABLE).drop, checkfirst=True)
     for label in ("miss", "hit "):
         start = time.perf_counter()
         answer = await model.ainvoke(question)

@@ -1,4 +1,4 @@
-"""The library's own exceptions."""
+"""The library's own exceptions, and the check of the options that count something."""
 
 from __future__ import annotations
 
@@ -12,3 +12,15 @@ class ConfigurationError(CacheError, ValueError):
 
     The message says what to pass instead.
     """
+
+
+def positive_int(name: str, value: object) -> int:
+    """``value`` if it is an int of at least 1 (not a bool).
+
+    Raises:
+        ConfigurationError: It is not; the message names the option ``name``.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        msg = f"{name} must be a positive int, got {value!r}"
+        raise ConfigurationError(msg)
+    return value

@@ -55,15 +55,18 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ._cache import SQLAlchemyCache, positive_int
 from ._codec import (
     GENERATION_CLASSES,
     MESSAGE_CLASSES,
     UncacheableError,
     encode_generations,
 )
-from ._deadline import DEFAULT_TIMEOUT, SyncDeadline, optional_seconds
-from ._errors import CacheError
+from ._deadline import DEFAULT_TIMEOUT, SyncDeadline, optional_seconds, watch_sync_engine
+from ._engines import EnginePair, resolve_engines
+from ._errors import CacheError, positive_int
+from ._identifiers import check_namespace
+from ._loops import drop_pool
+from ._maintenance import CacheTable
 from ._schema import DEFAULT_TABLE_NAME
 from ._secrets import safe_url
 from ._statements import Row, build_insert_absent, entry_row, rows_params
@@ -514,45 +517,69 @@ def migrate(
     if (from_table, from_schema) == (table_name, schema):
         msg = f"the source and destination table are both {table_name!r}"
         raise MigrationError(msg)
-    with (
-        SQLAlchemyCache(
-            engine,
-            table_name=table_name,
-            schema=schema,
-            namespace=namespace,
-            store_prompts=store_prompts,
-            on_error="raise",
-            create_table=False,
-            # Bounds connecting (the engines' limits) even when the run has no deadline.
-            timeout=DEFAULT_TIMEOUT if seconds is None else seconds,
-        ) as cache,
-        SyncDeadline(seconds),
-    ):
-        sync_engine = cache.sync_engine
-        dialect_name = sync_engine.dialect.name
-        # Errors name the database as the caller did (not with the derived sync driver).
-        named = make_url(engine) if isinstance(engine, (str, URL)) else sync_engine.url
-        where = safe_url(named)
-        destination = cache._table
-        with sync_engine.connect() as connection:
-            layout = _source_layout(connection, from_table, from_schema, where)
-            prepare_table(connection, destination, create=True)
-        statements = build_source_statements(
-            source_table(from_table, from_schema, layout), layout, dialect_name
-        )
-        with sync_engine.connect() as connection:
-            # The cache's connections autocommit every statement; a migration commits
-            # once per batch instead (SQLite would commit every row of an executemany).
-            connection.execution_options(isolation_level=connection.default_isolation_level)
-            return _copy(
-                connection,
-                statements,
-                destination,
+    namespace = check_namespace(namespace)
+    # The cache's engines: the sync one (derived as the cache derives it) is all a
+    # migration uses. The timeout bounds connecting even when the run has no deadline.
+    engines = resolve_engines(engine, None, DEFAULT_TIMEOUT if seconds is None else seconds)
+    try:
+        watch_sync_engine(engines.sync_engine)
+        with SyncDeadline(seconds):
+            return _migrate(
+                engine,
+                engines.sync_engine,
+                CacheTable.build(engines.dialect_name, table_name, schema, namespace=namespace),
+                from_table,
+                from_schema,
                 batch_size=batch_size,
-                namespace=namespace,
                 store_prompts=store_prompts,
                 progress=progress,
             )
+    finally:
+        _dispose(engines)
+
+
+def _dispose(engines: EnginePair) -> None:
+    for owned in engines.owned:
+        if isinstance(owned, Engine):
+            owned.dispose()
+        else:
+            drop_pool(owned, None)  # never connected: nothing to close politely
+
+
+def _migrate(
+    given: str | URL | Engine | AsyncEngine,
+    sync_engine: Engine,
+    destination: CacheTable,
+    from_table: str,
+    from_schema: str | None,
+    *,
+    batch_size: int,
+    store_prompts: bool,
+    progress: Callable[[MigrationProgress], None] | None,
+) -> MigrationReport:
+    dialect_name = sync_engine.dialect.name
+    # Errors name the database as the caller did (not with the derived sync driver).
+    named = make_url(given) if isinstance(given, (str, URL)) else sync_engine.url
+    where = safe_url(named)
+    with sync_engine.connect() as connection:
+        layout = _source_layout(connection, from_table, from_schema, where)
+        prepare_table(connection, destination.table, create=True)
+    statements = build_source_statements(
+        source_table(from_table, from_schema, layout), layout, dialect_name
+    )
+    with sync_engine.connect() as connection:
+        # The cache's connections autocommit every statement; a migration commits
+        # once per batch instead (SQLite would commit every row of an executemany).
+        connection.execution_options(isolation_level=connection.default_isolation_level)
+        return _copy(
+            connection,
+            statements,
+            destination.table,
+            batch_size=batch_size,
+            namespace=destination.statements.namespace,
+            store_prompts=store_prompts,
+            progress=progress,
+        )
 
 
 def _copy(

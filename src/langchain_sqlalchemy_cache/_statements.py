@@ -141,6 +141,8 @@ class Statements:
     namespace: str
     # clear(): indexed by (llm_key given, cutoff given); each scoped to the namespace.
     clears: dict[tuple[bool, bool], Delete]
+    # How many entries each of ``clears`` deletes: the same conditions.
+    counts: dict[tuple[bool, bool], Select[Any]]
     purge_batch: Delete
     # max_entries: the updated_at of the n-th newest entry (the oldest one to keep).
     nth_newest: Select[tuple[float]]
@@ -170,12 +172,25 @@ class Statements:
 
     def clear(self, llm_key: str | None, cutoff: float | None) -> tuple[Delete, dict[str, Any]]:
         """The DELETE for ``clear()`` with these filters, and its parameters."""
+        return self.clears[(llm_key is not None, cutoff is not None)], self._filters(
+            llm_key, cutoff
+        )
+
+    def count(
+        self, llm_key: str | None, cutoff: float | None
+    ) -> tuple[Select[Any], dict[str, Any]]:
+        """The SELECT of how many entries ``clear`` with these filters deletes."""
+        return self.counts[(llm_key is not None, cutoff is not None)], self._filters(
+            llm_key, cutoff
+        )
+
+    def _filters(self, llm_key: str | None, cutoff: float | None) -> dict[str, Any]:
         params: dict[str, Any] = {"namespace": self.namespace}
         if llm_key is not None:
             params["llm_key"] = llm_key
         if cutoff is not None:
             params["cutoff"] = cutoff
-        return self.clears[(llm_key is not None, cutoff is not None)], params
+        return params
 
     def purge_params(self, cutoff: float) -> dict[str, Any]:
         """Parameters of ``purge_batch``: delete entries written before ``cutoff``."""
@@ -253,12 +268,8 @@ def build_statements(
     own = table.c.namespace == bindparam("namespace")
     older = table.c.updated_at < bindparam("cutoff")
     of_model = table.c.llm_key == bindparam("llm_key")
-    clears = {
-        (by_model, by_age): _clear(
-            table,
-            dialect_name,
-            [own, *((of_model,) if by_model else ()), *((older,) if by_age else ())],
-        )
+    filters = {
+        (by_model, by_age): [own, *((of_model,) if by_model else ()), *((older,) if by_age else ())]
         for by_model in (False, True)
         for by_age in (False, True)
     }
@@ -270,7 +281,11 @@ def build_statements(
         lookup=_lookup(table, dialect_name, with_ttl=ttl is not None),
         upsert=_upsert(table, dialect_name),
         namespace=namespace,
-        clears=clears,
+        clears={given: _clear(table, dialect_name, where) for given, where in filters.items()},
+        counts={
+            given: select(func.count()).select_from(table).where(*where)
+            for given, where in filters.items()
+        },
         purge_batch=_purge_batch(table, dialect_name, and_(own, older)),
         nth_newest=select(table.c.updated_at)
         .where(own)

@@ -22,22 +22,39 @@ class SyncExecutor:
     """Runs statements through short-lived ``Session``s on the paired sync Engine."""
 
     def __init__(
-        self, engine: Engine, table: Table, readiness: TableReadiness, pair: PairCheck
+        self,
+        engine: Engine,
+        table: Table,
+        readiness: TableReadiness,
+        pair: PairCheck | None = None,
     ) -> None:
+        """Run statements on ``engine``, making sure of ``table`` first.
+
+        Args:
+            engine: The sync engine.
+            table: The cache table, prepared before the first statement.
+            readiness: Whether the table is ready, shared with the async side.
+            pair: The check that both sides reach one table; None when there is no
+                async side (the command line).
+        """
         self._engine = engine
         self._table = table
         self._readiness = readiness
         self._pair = pair
         self._sessions = sessionmaker(engine)
 
+    def _ready(self) -> bool:
+        return (self._pair is None or self._pair.sync_checked()) and self._readiness.ready
+
     def _ensure_table(self) -> None:
-        if self._pair.sync_checked() and self._readiness.ready:
+        if self._ready():
             return
         with self._readiness.thread_lock:
-            if not (self._pair.sync_checked() and self._readiness.ready):
+            if not self._ready():
                 with self._engine.connect() as connection:
-                    # Which table this side reaches, before creating any.
-                    self._pair.check_sync(connection)
+                    if self._pair is not None:
+                        # Which table this side reaches, before creating any.
+                        self._pair.check_sync(connection)
                     if not self._readiness.ready:
                         prepare_table(connection, self._table, create=self._readiness.create)
                 self._readiness.ready = True

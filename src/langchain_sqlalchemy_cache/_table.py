@@ -42,17 +42,15 @@ def prepare_table(connection: Connection, table: Table, *, create: bool) -> None
         MissingTableError: ``create`` is False and the table does not exist.
         ConfigurationError: The table exists with other columns.
     """
-    schema = connection.schema_for_object(table)  # a schema_translate_map applied
     if create:
-        _create_table(connection, table, schema)
-    elif not inspect(connection).has_table(table.name, schema=schema):
+        _create_table(connection, table, connection.schema_for_object(table))
+    missing = missing_columns(connection, table)
+    if missing is None:
         msg = (
             f"the table {table.name!r} does not exist in {safe_url(connection.engine.url)}: "
             "create it with your migrations (see cache_table()) or pass create_table=True"
         )
         raise MissingTableError(msg)
-    found = {column["name"] for column in inspect(connection).get_columns(table.name, schema)}
-    missing = [column.name for column in table.columns if column.name not in found]
     if missing:
         msg = (
             f"the table {table.name!r} exists but lacks the columns {missing}: it was made "
@@ -60,6 +58,16 @@ def prepare_table(connection: Connection, table: Table, *, create: bool) -> None
         )
         raise ConfigurationError(msg)
     _heal_indexes(connection, table, create=create)
+
+
+def missing_columns(connection: Connection, table: Table) -> list[str] | None:
+    """The columns of ``table`` that the database's table lacks; None if it has no such table."""
+    schema = connection.schema_for_object(table)  # a schema_translate_map applied
+    inspector = inspect(connection)
+    if not inspector.has_table(table.name, schema=schema):
+        return None
+    found = {column["name"] for column in inspector.get_columns(table.name, schema)}
+    return [column.name for column in table.columns if column.name not in found]
 
 
 @contextmanager
