@@ -351,6 +351,40 @@ def test_clear_refuses_without_yes_when_stdin_is_not_a_terminal(
     assert entries(stocked) == 5
 
 
+@pytest.mark.parametrize(
+    ("filters", "options", "expected"),
+    [
+        ((), {}, 5),
+        (("--llm-string", GPT), {"llm_string": GPT}, 3),
+        (("--older-than", "30m"), {"older_than": 1800}, 2),
+        (
+            ("--llm-string", CLAUDE, "--older-than", "30m"),
+            {"llm_string": CLAUDE, "older_than": 1800},
+            1,
+        ),
+    ],
+)
+def test_clear_counts_what_cache_clear_deletes(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    backend_url: str,
+    stocked: SQLAlchemyCache,
+    filters: tuple[str, ...],
+    options: dict[str, Any],
+    expected: int,
+) -> None:
+    """The command line counts (and deletes) with the filters of ``SQLAlchemyCache.clear``."""
+    age(stocked, "gpt 0", 3600, GPT)
+    age(stocked, "claude 1", 3600, CLAUDE)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # not a terminal: counts, deletes nothing
+    status, out, _ = cli(capsys, "clear", backend_url, "--table", table_of(stocked).name, *filters)
+    assert status == 1
+    assert entries(stocked) == 5
+    assert out.startswith(f"{expected} {'entry' if expected == 1 else 'entries'}"), out
+    stocked.clear(**options)
+    assert entries(stocked) == 5 - expected
+
+
 def test_clear_subprocess(backend_url: str, stocked: SQLAlchemyCache) -> None:
     name = table_of(stocked).name
     refused = run_cli("clear", backend_url, "--table", name)
