@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from time import perf_counter
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
 from sqlalchemy import URL, Engine
@@ -107,6 +108,15 @@ def _single_flight(value: object) -> float | None:
             f"a positive number of seconds or timedelta, got {value!r}"
         )
         raise ConfigurationError(msg) from None
+
+
+@dataclass(frozen=True)
+class _Maintenance(Generic[T]):
+    """A maintenance call the policy admitted: its steps, deadline and policy."""
+
+    steps: Steps[T]
+    seconds: float | None
+    policy: ErrorPolicy
 
 
 def _reported(stats: TableStats | None) -> TableStats:
@@ -641,13 +651,11 @@ class SQLAlchemyCache(BaseCache):
     ) -> T | None:
         """Run an operation's steps on the sync side; None when the policy skipped it."""
         self._check_open()
-        seconds = optional_seconds("timeout", timeout)
-        steps = make_steps()
-        policy = policy or self._policy
-        if not policy.admit(operation):
+        run = self._admitted(operation, timeout, make_steps, policy or self._policy)
+        if run is None:
             return None
-        with policy.guard(operation), SyncDeadline(seconds):
-            return run_sync(steps, self._sync)
+        with run.policy.guard(operation), SyncDeadline(run.seconds):
+            return run_sync(run.steps, self._sync)
         return None
 
     async def _amaintain(
@@ -660,15 +668,22 @@ class SQLAlchemyCache(BaseCache):
         """``_maintain`` on the async side, each statement holding a connection slot."""
         self._check_open()
         require_asyncio()
+        run = self._admitted(operation, timeout, make_steps, policy or self._policy)
+        if run is None:
+            return None
+        with run.policy.guard(operation):
+            async with AsyncDeadline(run.seconds):
+                return await run_async(run.steps, self._async, self._slots.get)
+        return None
+
+    @staticmethod
+    def _admitted(
+        operation: str, timeout: Timeout, make_steps: Callable[[], Steps[T]], policy: ErrorPolicy
+    ) -> _Maintenance[T] | None:
+        """The checked arguments and steps of a call, or None if the policy turns it away."""
         seconds = optional_seconds("timeout", timeout)
         steps = make_steps()
-        policy = policy or self._policy
-        if not policy.admit(operation):
-            return None
-        with policy.guard(operation):
-            async with AsyncDeadline(seconds):
-                return await run_async(steps, self._async, self._slots.get)
-        return None
+        return _Maintenance(steps, seconds, policy) if policy.admit(operation) else None
 
     # Async core.
 
