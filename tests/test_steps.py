@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,7 +53,7 @@ class Sides:
 
 
 @pytest.fixture
-def sides(backend_url: str) -> Iterator[Sides]:
+async def sides(backend_url: str) -> AsyncIterator[Sides]:
     """A fresh cache table and both executors on it, as the cache wires them."""
     engines = resolve_engines(backend_url, None)
     table = CacheTable.build(engines.dialect_name, unique_table(), None, namespace="ns")
@@ -70,7 +70,8 @@ def sides(backend_url: str) -> Iterator[Sides]:
     with engines.sync_engine.connect() as connection:
         table.table.drop(connection, checkfirst=True)
     engines.sync_engine.dispose()
-    engines.async_engine.sync_engine.dispose(close=False)
+    for engine, _ in loop_engines.engines():  # all of this test's loop: closed politely
+        await engine.dispose()
 
 
 def fill(table: CacheTable, prompts: int, llm_string: str = GPT) -> Steps[int]:
