@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -39,7 +39,6 @@ from sqlalchemy import (
     LargeBinary,
     Select,
     String,
-    Table,
     TableClause,
     and_,
     bindparam,
@@ -70,7 +69,8 @@ from ._maintenance import CacheTable
 from ._schema import DEFAULT_TABLE_NAME
 from ._secrets import safe_url
 from ._statements import Row, build_insert_absent, entry_row, rows_params
-from ._table import prepare_table
+from ._steps import Steps, execute, fetch, run_sync
+from ._sync_io import SyncExecutor
 
 # langchain_core.load refuses deeper nesting too.
 _MAX_DEPTH = 200
@@ -392,35 +392,40 @@ def _group_of(layout: SourceLayout, row: Any) -> _Group:
     )
 
 
-def _pages(
-    connection: Connection, statements: SourceStatements, batch_size: int
-) -> Iterator[tuple[list[_Group], int]]:
-    """Yield, per page, the entries it completed and how many rows it had.
+@dataclass
+class _Pages:
+    """Where paging through the source is: after which row, and the entry held back."""
+
+    after: tuple[Any, ...] | None = None
+    pending: _Group | None = None
+    done: bool = False
+
+
+def _next_page(
+    statements: SourceStatements, batch_size: int, pages: _Pages
+) -> Steps[tuple[list[_Group], int]]:
+    """Read the next page: the entries it completed and how many rows it had.
 
     An entry whose rows continue on the next page is held back until it is complete.
     """
     layout = statements.layout
-    after: tuple[Any, ...] | None = None
-    pending: _Group | None = None
-    while True:
-        rows = connection.execute(
-            statements.page(after), statements.page_params(batch_size, after)
-        ).all()
-        complete: list[_Group] = []
-        for row in rows:
-            ident = tuple(row[: layout.group])
-            if pending is None or pending.ident != ident:
-                if pending is not None:
-                    complete.append(pending)
-                pending = _group_of(layout, row)
-            pending.responses.append(row.response)
-        last_page = len(rows) < batch_size
-        if last_page and pending is not None:
-            complete.append(pending)
-        yield complete, len(rows)
-        if last_page:
-            return
-        after = tuple(rows[-1][: len(layout.order)])
+    rows = yield from fetch(
+        statements.page(pages.after), statements.page_params(batch_size, pages.after)
+    )
+    complete: list[_Group] = []
+    for row in rows:
+        ident = tuple(row[: layout.group])
+        if pages.pending is None or pages.pending.ident != ident:
+            if pages.pending is not None:
+                complete.append(pages.pending)
+            pages.pending = _group_of(layout, row)
+        pages.pending.responses.append(row.response)
+    pages.done = len(rows) < batch_size
+    if pages.done and pages.pending is not None:
+        complete.append(pages.pending)
+    if rows:
+        pages.after = tuple(rows[-1][: len(layout.order)])
+    return complete, len(rows)
 
 
 def _entry(group: _Group, *, namespace: str, store_prompts: bool, now: float) -> Row:
@@ -563,40 +568,38 @@ def _migrate(
     where = safe_url(named)
     with sync_engine.connect() as connection:
         layout = _source_layout(connection, from_table, from_schema, where)
-        prepare_table(connection, destination.table, create=True)
     statements = build_source_statements(
         source_table(from_table, from_schema, layout), layout, dialect_name
     )
-    with sync_engine.connect() as connection:
-        # The cache's connections autocommit every statement; a migration commits
-        # once per batch instead (SQLite would commit every row of an executemany).
-        connection.execution_options(isolation_level=connection.default_isolation_level)
-        return _copy(
-            connection,
-            statements,
-            destination.table,
-            batch_size=batch_size,
-            namespace=destination.statements.namespace,
-            store_prompts=store_prompts,
-            progress=progress,
-        )
+    # The cache's own executor: it creates (or heals) the destination before the first
+    # statement, and writes each page's entries in one transaction, even on SQLite.
+    executor = SyncExecutor(sync_engine, destination.table, destination.readiness)
+    steps = _copy(
+        statements,
+        destination,
+        batch_size=batch_size,
+        store_prompts=store_prompts,
+        progress=progress,
+    )
+    return run_sync(steps, executor)
 
 
 def _copy(
-    connection: Connection,
     statements: SourceStatements,
-    destination: Table,
+    destination: CacheTable,
     *,
     batch_size: int,
-    namespace: str,
     store_prompts: bool,
     progress: Callable[[MigrationProgress], None] | None,
-) -> MigrationReport:
-    dialect_name = connection.dialect.name
-    total = int(connection.execute(statements.count_rows).scalar_one())
+) -> Steps[MigrationReport]:
+    dialect_name = destination.statements.dialect_name
+    namespace = destination.statements.namespace
+    total = int((yield from fetch(statements.count_rows, {}))[0][0])
     tally = _Tally()
-    insert = build_insert_absent(destination, dialect_name)
-    for groups, rows_read in _pages(connection, statements, batch_size):
+    insert = build_insert_absent(destination.table, dialect_name)
+    pages = _Pages()
+    while not pages.done:
+        groups, rows_read = yield from _next_page(statements, batch_size, pages)
         tally.rows_read += rows_read
         rows: list[Row] = []
         for group in groups:
@@ -609,19 +612,16 @@ def _copy(
             except UnreadableEntry as exc:
                 tally.refuse(str(exc))
         if rows:
-            result = connection.execute(insert, rows_params(dialect_name, rows))
-            inserted = int(result.rowcount)
+            inserted = yield from execute(insert, rows_params(dialect_name, rows))
             tally.copied += inserted
             tally.skipped += len(rows) - inserted
-        connection.commit()  # this page's entries; no transaction stays open between pages
         if progress is not None:
             progress(
                 MigrationProgress(
                     tally.rows_read, total, tally.copied, tally.skipped, tally.unreadable
                 )
             )
-    null_keys = int(connection.execute(statements.count_null_keys).scalar_one())
-    connection.rollback()  # nothing was written since the last batch: end the reads
+    null_keys = int((yield from fetch(statements.count_null_keys, {}))[0][0])
     if null_keys:
         names = ", ".join(statements.layout.order)
         tally.refuse(f"a NULL in {names}", null_keys)
