@@ -167,3 +167,45 @@ def test_calls_after_close_raise_and_open_nothing(make_cache: CacheFactory) -> N
     with pytest.raises(CacheError, match="cache is closed"):
         cache.purge_expired()
     assert queue_pool(cache.sync_engine).checkedout() == 0
+
+
+@pytest.mark.timeout(60)
+async def test_a_failure_is_raised_chained_to_its_cause_or_is_a_counted_miss(
+    make_cache: CacheFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The table is missing and may not be created: every call fails before its statement.
+    raising = make_cache(
+        create_table=False, on_error="raise", breaker_threshold=None, local_max_bytes=0
+    )
+    for call in (
+        lambda: raising.lookup("p", LLM),
+        lambda: raising.update("p", LLM, [Generation(text="x")]),
+        raising.table_stats,
+    ):
+        with pytest.raises(CacheError, match="failed") as raised:
+            call()
+        assert "does not exist" in str(raised.value)
+        assert raised.value.__cause__ is not None
+        assert type(raised.value.__cause__).__name__ in str(raised.value)
+    for acall in (
+        lambda: raising.alookup("p", LLM),
+        lambda: raising.aupdate("p", LLM, [Generation(text="x")]),
+        raising.aclear,
+    ):
+        with pytest.raises(CacheError, match="failed") as araised:
+            await acall()
+        assert "does not exist" in str(araised.value)
+        assert araised.value.__cause__ is not None
+        assert type(araised.value.__cause__).__name__ in str(araised.value)
+    assert raising.stats().errors == 6
+
+    missing = make_cache(create_table=False, breaker_threshold=None, local_max_bytes=0)
+    with caplog.at_level(logging.WARNING, logger="langchain_sqlalchemy_cache"):
+        for _ in range(3):
+            assert missing.lookup("p", LLM) is None
+            assert await missing.alookup("p", LLM) is None
+            missing.update("p", LLM, [Generation(text="x")])
+    assert missing.stats().errors == 9
+    failed = [r.getMessage() for r in caplog.records if "served as a miss" in r.getMessage()]
+    assert len(failed) == 2  # one line per operation, rate-limited
+    assert all("cache lookup failed" in m or "cache update failed" in m for m in failed)

@@ -45,7 +45,7 @@ from ._keys import cache_key, llm_key
 from ._local_tier import DEFAULT_MAX_BYTES, DEFAULT_MAX_STALENESS, LocalTier, Mark
 from ._loops import LoopEngines, PerLoop, drop_pool, require_asyncio
 from ._maintenance import CacheTable
-from ._policy import ErrorPolicy, OnError
+from ._policy import ErrorPolicy, OnError, OperationFailed
 from ._ratelimit import RateLimitedLog, logger
 from ._replicas import ReadRouter, Replicas
 from ._schema import DEFAULT_TABLE_NAME
@@ -498,11 +498,14 @@ class SQLAlchemyCache(BaseCache):
         result = self._from_memory(key, start)
         if result is not None or not self._policy.admit("lookup"):
             return result
-        with self._policy.guard("lookup"):
-            result = self._lookup_stored(key)
-            self._counters.lookup(hit=result is not None, seconds=perf_counter() - start)
-            return result
-        return None
+        try:
+            with self._policy.mapped("lookup"):
+                result = self._lookup_stored(key)
+        except OperationFailed as failure:
+            self._policy.absorb(failure)
+            return None
+        self._counters.lookup(hit=result is not None, seconds=perf_counter() - start)
+        return result
 
     def _lookup_stored(self, key: str) -> RETURN_VAL_TYPE | None:
         flights = self._flights
@@ -535,7 +538,7 @@ class SQLAlchemyCache(BaseCache):
         start = perf_counter()
         since = self._mark()
         try:
-            with self._policy.guard("update"):
+            with self._policy.mapped("update"):
                 with SyncDeadline(self._timeout):
                     self._sync.execute(self._sql.upsert, self._sql.upsert_params([row]))
                 self._counters.write(perf_counter() - start)
@@ -543,6 +546,8 @@ class SQLAlchemyCache(BaseCache):
                 if self._trims is not None and self._trims.wrote():
                     # Part of this update call: bounded by the same per-call timeout.
                     self.enforce_max_entries(timeout=self._timeout)
+        except OperationFailed as failure:
+            self._policy.absorb(failure)
         finally:
             self._end_flight(row)
 
@@ -654,9 +659,12 @@ class SQLAlchemyCache(BaseCache):
         run = self._admitted(operation, timeout, make_steps, policy or self._policy)
         if run is None:
             return None
-        with run.policy.guard(operation), SyncDeadline(run.seconds):
-            return run_sync(run.steps, self._sync)
-        return None
+        try:
+            with run.policy.mapped(operation), SyncDeadline(run.seconds):
+                return run_sync(run.steps, self._sync)
+        except OperationFailed as failure:
+            run.policy.absorb(failure)
+            return None
 
     async def _amaintain(
         self,
@@ -671,10 +679,13 @@ class SQLAlchemyCache(BaseCache):
         run = self._admitted(operation, timeout, make_steps, policy or self._policy)
         if run is None:
             return None
-        with run.policy.guard(operation):
-            async with AsyncDeadline(run.seconds):
-                return await run_async(run.steps, self._async, self._slots.get)
-        return None
+        try:
+            with run.policy.mapped(operation):
+                async with AsyncDeadline(run.seconds):
+                    return await run_async(run.steps, self._async, self._slots.get)
+        except OperationFailed as failure:
+            run.policy.absorb(failure)
+            return None
 
     @staticmethod
     def _admitted(
@@ -700,11 +711,14 @@ class SQLAlchemyCache(BaseCache):
         result = self._from_memory(key, start)
         if result is not None or not self._policy.admit("lookup"):
             return result
-        with self._policy.guard("lookup"):
-            result = await self._alookup_stored(key)
-            self._counters.lookup(hit=result is not None, seconds=perf_counter() - start)
-            return result
-        return None
+        try:
+            with self._policy.mapped("lookup"):
+                result = await self._alookup_stored(key)
+        except OperationFailed as failure:
+            self._policy.absorb(failure)
+            return None
+        self._counters.lookup(hit=result is not None, seconds=perf_counter() - start)
+        return result
 
     async def _alookup_stored(self, key: str) -> RETURN_VAL_TYPE | None:
         flights = self._flights
@@ -739,13 +753,15 @@ class SQLAlchemyCache(BaseCache):
         start = perf_counter()
         since = self._mark()
         try:
-            with self._policy.guard("update"):
+            with self._policy.mapped("update"):
                 async with AsyncDeadline(self._timeout):
                     await self._updates.submit(row)
                 self._counters.write(perf_counter() - start)
                 self._stored(row, since)
                 if self._trims is not None and self._trims.wrote():
                     await self.aenforce_max_entries(timeout=self._timeout)
+        except OperationFailed as failure:
+            self._policy.absorb(failure)
         finally:
             self._end_flight(row)
 

@@ -65,29 +65,49 @@ class ErrorPolicy:
             raise CacheError(msg)
         return False
 
-    def guard(self, operation: str) -> _Guard:
-        """A ``with`` block whose errors follow the policy (works around ``await`` too)."""
-        return _Guard(self, operation)
+    def mapped(self, operation: str) -> _Mapped:
+        """A ``with`` block that turns any failure inside it into ``OperationFailed``.
 
-    def failed(self, operation: str, exc: Exception) -> None:
-        """Record one failure of ``operation``; raise CacheError if the policy says so."""
+        As httpcore's ``map_exceptions``: the failure is counted, reported to the
+        breaker and re-raised, chained ``from`` the original; the caller's ``except
+        OperationFailed`` then hands it to ``absorb``. Nothing is swallowed inside the
+        block, so every method reads straight through to its own miss or no-op.
+        """
+        return _Mapped(self, operation)
+
+    def absorb(self, failure: OperationFailed) -> None:
+        """Raise ``failure`` under ``on_error="raise"``; else log it (rate-limited).
+
+        Raises:
+            OperationFailed: The policy raises (it is a ``CacheError``).
+        """
+        if self.raises:  # the caller hears of it: no log line as well
+            raise failure
+        cause = failure.__cause__
+        self._log.warning(
+            failure.operation,
+            "cache %s failed, served as a miss or skipped: %s: %s",
+            failure.operation,
+            type(cause).__name__,
+            self.redact(str(cause).splitlines()[0] if str(cause) else ""),
+        )
+
+    def _count(self, exc: Exception) -> None:
         with self._lock:
             self.errors += 1
             if isinstance(exc, TimeoutError):
                 self.timeouts += 1
-        if self.raises:  # the caller hears of it: no log line as well
-            msg = self.redact(f"cache {operation} failed: {type(exc).__name__}: {exc}")
-            raise CacheError(msg) from exc
-        self._log.warning(
-            operation,
-            "cache %s failed, served as a miss or skipped: %s: %s",
-            operation,
-            type(exc).__name__,
-            self.redact(str(exc).splitlines()[0] if str(exc) else ""),
-        )
 
 
-class _Guard:
+class OperationFailed(CacheError):
+    """A cache operation failed; ``__cause__`` holds the driver's (or deadline's) error."""
+
+    def __init__(self, message: str, operation: str) -> None:
+        super().__init__(message)
+        self.operation = operation
+
+
+class _Mapped:
     def __init__(self, policy: ErrorPolicy, operation: str) -> None:
         self._policy = policy
         self._operation = operation
@@ -100,14 +120,15 @@ class _Guard:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool:
-        breaker = self._policy.breaker
+    ) -> None:
+        policy = self._policy
         if exc is None:
-            breaker.succeeded()
-            return False
+            policy.breaker.succeeded()
+            return
         if not isinstance(exc, Exception) or isinstance(exc, CacheError):
-            breaker.abandoned()
-            return False  # cancellation/interrupt, or already the caller's error
-        breaker.failed()
-        self._policy.failed(self._operation, exc)
-        return True  # swallowed: the caller falls through to its miss / no-op
+            policy.breaker.abandoned()
+            return  # cancellation/interrupt, or already the caller's error: as it is
+        policy.breaker.failed()
+        policy._count(exc)
+        message = policy.redact(f"cache {self._operation} failed: {type(exc).__name__}: {exc}")
+        raise OperationFailed(message, self._operation) from exc
