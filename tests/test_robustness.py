@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -187,11 +188,12 @@ async def test_a_failure_is_raised_chained_to_its_cause_or_is_a_counted_miss(
         assert "does not exist" in str(raised.value)
         assert raised.value.__cause__ is not None
         assert type(raised.value.__cause__).__name__ in str(raised.value)
-    for acall in (
+    acalls: list[Callable[[], Awaitable[object]]] = [
         lambda: raising.alookup("p", LLM),
         lambda: raising.aupdate("p", LLM, [Generation(text="x")]),
         raising.aclear,
-    ):
+    ]
+    for acall in acalls:
         with pytest.raises(CacheError, match="failed") as araised:
             await acall()
         assert "does not exist" in str(araised.value)
