@@ -267,7 +267,8 @@ class SQLAlchemyCache(BaseCache):
                 ``False`` (the default): every miss returns at once.
 
         Raises:
-            ConfigurationError: The engines or URL cannot be used or paired, the
+            ConfigurationError: A setting is out of its range (checked before any
+                engine is made), the engines or URL cannot be used or paired, the
                 backend cannot hold the table name, schema or namespace, or
                 ``cache_schema`` is not one of community's defaults; the message says
                 what to pass instead. At first use: the two engines reach different
