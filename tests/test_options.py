@@ -172,5 +172,6 @@ def test_checked_options_pass_their_own_check_unchanged() -> None:
     assert (options.ttl, options.single_flight, options.breaker_cooldown) == (3600.0, 60.0, 3.0)
     assert options.store_prompts is False
     assert CacheOptions(**options.arguments()) == options
+    assert CacheOptions().arguments()["single_flight"] is False  # as the signature says
     with pytest.raises(AttributeError):
         options.ttl = 1.0  # type: ignore[misc]

@@ -63,8 +63,9 @@ def _single_flight(value: object) -> float | None:
         return positive_seconds("single_flight", value)
     except ConfigurationError:
         msg = (
-            "single_flight must be False, True (waiters wait up to 60 s for the store) or "
-            f"a positive number of seconds or timedelta, got {value!r}"
+            "single_flight must be False, True (waiters wait up to "
+            f"{SINGLE_FLIGHT_DEFAULT_WAIT:g} s for the store) or a positive number of "
+            f"seconds or timedelta, got {value!r}"
         )
         raise ConfigurationError(msg) from None
 
@@ -124,7 +125,7 @@ class CacheOptions:
         breaker_cooldown: float | timedelta = 2.0,
         local_max_bytes: int = DEFAULT_MAX_BYTES,
         local_max_staleness: float | timedelta = DEFAULT_MAX_STALENESS,
-        single_flight: bool | float | timedelta | None = False,
+        single_flight: bool | float | timedelta = False,
     ) -> None:
         """Check every setting; see ``SQLAlchemyCache`` for what each one means.
 
@@ -165,4 +166,5 @@ class CacheOptions:
 
     def arguments(self) -> dict[str, Any]:
         """The settings as keyword arguments of ``SQLAlchemyCache`` (checked again there)."""
-        return asdict(self)
+        off = self.single_flight is None
+        return {**asdict(self), "single_flight": False if off else self.single_flight}
