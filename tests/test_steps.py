@@ -24,6 +24,7 @@ from langchain_sqlalchemy_cache._identity import PairCheck
 from langchain_sqlalchemy_cache._keys import llm_key
 from langchain_sqlalchemy_cache._loops import LoopEngines
 from langchain_sqlalchemy_cache._maintenance import CacheTable
+from langchain_sqlalchemy_cache._options import CacheOptions
 from langchain_sqlalchemy_cache._statements import PURGE_BATCH_ROWS, entry_row
 from langchain_sqlalchemy_cache._steps import Fetch, Steps, execute, run_async, run_sync
 from langchain_sqlalchemy_cache._sync_io import SyncExecutor
@@ -56,7 +57,8 @@ class Sides:
 async def sides(backend_url: str) -> AsyncIterator[Sides]:
     """A fresh cache table and both executors on it, as the cache wires them."""
     engines = resolve_engines(backend_url, None)
-    table = CacheTable.build(engines.dialect_name, unique_table(), None, namespace="ns")
+    options = CacheOptions(table_name=unique_table(), namespace="ns")
+    table = CacheTable.build(engines.dialect_name, options)
     pair = PairCheck(
         table.table, engines.sync_engine, engines.async_engine, table.readiness.loop_owner
     )

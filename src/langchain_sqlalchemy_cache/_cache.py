@@ -36,15 +36,15 @@ from ._deadline import (
     watch_sync_engine,
 )
 from ._engines import EnginePair, resolve_engines
-from ._errors import CacheError, ConfigurationError, positive_int
+from ._errors import CacheError, ConfigurationError
 from ._eviction import TrimSchedule
 from ._health import PROBE_KEY, Health, describe
-from ._identifiers import check_namespace
 from ._identity import PairCheck
 from ._keys import cache_key, llm_key
 from ._local_tier import DEFAULT_MAX_BYTES, DEFAULT_MAX_STALENESS, LocalTier, Mark
 from ._loops import LoopEngines, PerLoop, drop_pool, require_asyncio
 from ._maintenance import CacheTable
+from ._options import CacheOptions
 from ._policy import ErrorPolicy, OnError, OperationFailed
 from ._ratelimit import RateLimitedLog, logger
 from ._replicas import ReadRouter, Replicas
@@ -82,32 +82,6 @@ def _clear_filters(kwargs: dict[str, Any]) -> tuple[str | None, float | None]:
         except ConfigurationError as exc:
             raise TypeError(str(exc)) from None
     return model, older_than
-
-
-def _local_max_bytes(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        msg = (
-            f"local_max_bytes must be an int >= 0 (bytes of entries kept in memory; 0 turns "
-            f"the in-process tier off), got {value!r}"
-        )
-        raise ConfigurationError(msg)
-    return value
-
-
-def _single_flight(value: object) -> float | None:
-    """``single_flight``'s wait limit in seconds, or None when it is off."""
-    if value is False or value is None:
-        return None
-    if value is True:
-        return 60.0
-    try:
-        return positive_seconds("single_flight", value)
-    except ConfigurationError:
-        msg = (
-            "single_flight must be False, True (waiters wait up to 60 s for the store) or "
-            f"a positive number of seconds or timedelta, got {value!r}"
-        )
-        raise ConfigurationError(msg) from None
 
 
 @dataclass(frozen=True)
@@ -293,50 +267,56 @@ class SQLAlchemyCache(BaseCache):
                 ``False`` (the default): every miss returns at once.
 
         Raises:
-            ConfigurationError: The engines or URL cannot be used or paired, the
+            ConfigurationError: A setting is out of its range (checked before any
+                engine is made), the engines or URL cannot be used or paired, the
                 backend cannot hold the table name, schema or namespace, or
                 ``cache_schema`` is not one of community's defaults; the message says
                 what to pass instead. At first use: the two engines reach different
                 tables, or an async method runs outside asyncio.
         """
-        check_cache_schema(cache_schema, table_name)
-        self._timeout = optional_seconds("timeout", timeout)
-        threshold = (
-            None
-            if breaker_threshold is None
-            else positive_int("breaker_threshold", breaker_threshold)
+        options = CacheOptions(
+            table_name=table_name,
+            schema=schema,
+            namespace=namespace,
+            create_table=create_table,
+            store_prompts=store_prompts,
+            on_error=on_error,
+            ttl=ttl,
+            max_entries=max_entries,
+            timeout=timeout,
+            coalesce=coalesce,
+            max_batch_size=max_batch_size,
+            max_concurrency=max_concurrency,
+            max_replica_lag=max_replica_lag,
+            breaker_threshold=breaker_threshold,
+            breaker_cooldown=breaker_cooldown,
+            local_max_bytes=local_max_bytes,
+            local_max_staleness=local_max_staleness,
+            single_flight=single_flight,
         )
-        self._breaker = CircuitBreaker(
-            threshold, positive_seconds("breaker_cooldown", breaker_cooldown)
-        )
-        self._policy = ErrorPolicy(on_error, breaker=self._breaker)
-        self._namespace = check_namespace(namespace)
+        check_cache_schema(cache_schema, options.table_name)
+        self._timeout = options.timeout
+        self._ttl = options.ttl
+        self._namespace = options.namespace
+        self._store_prompts = options.store_prompts
+        self._breaker = CircuitBreaker(options.breaker_threshold, options.breaker_cooldown)
+        self._policy = ErrorPolicy(options.on_error, breaker=self._breaker)
         self._closed = False
         self._skipped_log = RateLimitedLog()
         self._engines: EnginePair = resolve_engines(engine, sync_engine, self._timeout)
         watch_sync_engine(self._engines.sync_engine)
         watch_async_engine(self._engines.async_engine.sync_engine)
-        self._ttl = None if ttl is None else positive_seconds("ttl", ttl)
-        self._store = CacheTable.build(
-            self._engines.dialect_name,
-            table_name,
-            schema,
-            namespace=namespace,
-            ttl=self._ttl,
-            create=create_table,
-        )
+        self._store = CacheTable.build(self._engines.dialect_name, options)
         self._table = self._store.table
         self._sql = self._store.statements
         readiness = self._store.readiness
-        self._store_prompts = bool(store_prompts)
-        self._trims = (
-            None if max_entries is None else TrimSchedule(positive_int("max_entries", max_entries))
-        )
+        self._trims = None if options.max_entries is None else TrimSchedule(options.max_entries)
         self._counters = Counters()
-        max_bytes = _local_max_bytes(local_max_bytes)
-        staleness = positive_seconds("local_max_staleness", local_max_staleness)
-        self._tier = LocalTier(max_bytes, staleness, self._ttl) if max_bytes else None
-        limit = _single_flight(single_flight)
+        max_bytes = options.local_max_bytes
+        self._tier = (
+            LocalTier(max_bytes, options.local_max_staleness, self._ttl) if max_bytes else None
+        )
+        limit = options.single_flight
         self._flights = None if limit is None else Flights(limit)
         # table_stats() is an inspection: its failures are always reported.
         self._strict = ErrorPolicy("raise", breaker=self._breaker)
@@ -360,19 +340,17 @@ class SQLAlchemyCache(BaseCache):
         self._sync = SyncExecutor(self._engines.sync_engine, self._table, readiness, pair)
         self._reads = ReadRouter(
             replicas,
-            max_lag=None
-            if max_replica_lag is None
-            else positive_seconds("max_replica_lag", max_replica_lag),
+            max_lag=options.max_replica_lag,
             primary_async=self._async,
             primary_sync=self._sync,
             statements=self._sql,
             table=self._table,
         )
-        batch = positive_int("max_batch_size", max_batch_size) if coalesce else 1
+        batch = options.max_batch_size if options.coalesce else 1
         slots = (
             _default_concurrency(self._engines)
-            if max_concurrency is None
-            else positive_int("max_concurrency", max_concurrency)
+            if options.max_concurrency is None
+            else options.max_concurrency
         )
         self._slots: PerLoop[asyncio.Semaphore] = PerLoop(lambda: asyncio.Semaphore(slots))
         self._lookups: Coalescer[str, tuple[bytes, float] | None] = Coalescer(

@@ -26,7 +26,8 @@ from ._cache import SQLAlchemyCache
 from ._errors import CacheError, positive_int
 from ._keys import llm_key
 from ._maintenance import CacheTable
-from ._migrate import MigrationProgress, MigrationReport, migrate
+from ._migrate import MigrationProgress, MigrationReport, run_migration
+from ._options import CacheOptions, qualified_name
 from ._schema import DEFAULT_TABLE_NAME
 from ._secrets import Redactor, raw_url_secrets, url_secrets
 from ._stats import TableStats
@@ -279,29 +280,31 @@ def main(argv: Sequence[str] | None = None) -> int:
 # Opening the cache of an existing table.
 
 
+def _options(args: argparse.Namespace, **settings: Any) -> CacheOptions:
+    """The command line's table, schema and namespace, with ``settings``, checked."""
+    return CacheOptions(
+        table_name=args.table, schema=args.schema, namespace=args.namespace, **settings
+    )
+
+
 def _where(args: argparse.Namespace) -> str:
-    name = args.table if args.schema is None else f"{args.schema}.{args.table}"
+    name = qualified_name(args.table, args.schema)
     namespace = f" (namespace {args.namespace!r})" if args.namespace else ""
     return f"table {name!r}{namespace} in {hide_password(args.url)}"
 
 
 @contextlib.contextmanager
-def _open(args: argparse.Namespace, **options: Any) -> Iterator[tuple[SQLAlchemyCache, CacheTable]]:
+def _open(
+    args: argparse.Namespace, **settings: Any
+) -> Iterator[tuple[SQLAlchemyCache, CacheTable]]:
     """The cache on ``args``' table, which must exist (nothing is created), and the table."""
+    options = _options(args, on_error="raise", create_table=False, **settings)
     database = _sqlite_file(args.url)
     if database is not None and not os.path.exists(database):
         # Connecting would create an empty database file under the mistyped name.
         raise CliError(f"no SQLite database at {database!r}")
-    with SQLAlchemyCache(
-        args.url,
-        table_name=args.table,
-        schema=args.schema,
-        namespace=args.namespace,
-        on_error="raise",
-        create_table=False,
-        **options,
-    ) as cache:
-        yield cache, _existing_table(cache.sync_engine, args)
+    with SQLAlchemyCache(args.url, **options.arguments()) as cache:
+        yield cache, _existing_table(cache.sync_engine, options, args.url)
 
 
 def _sqlite_file(url: str) -> str | None:
@@ -314,14 +317,12 @@ def _sqlite_file(url: str) -> str | None:
     return parsed.database
 
 
-def _existing_table(engine: Engine, args: argparse.Namespace) -> CacheTable:
-    table = CacheTable.build(
-        engine.dialect.name, args.table, args.schema, namespace=args.namespace, create=False
-    )
+def _existing_table(engine: Engine, options: CacheOptions, url: str) -> CacheTable:
+    table = CacheTable.build(engine.dialect.name, options)
     with engine.connect() as connection:
         missing = missing_columns(connection, table.table)
-    name = args.table if args.schema is None else f"{args.schema}.{args.table}"
-    where = hide_password(args.url)
+    name = options.qualified_name
+    where = hide_password(url)
     if missing is None:
         raise CliError(f"table {name!r} does not exist in {where}")
     if missing:
@@ -401,19 +402,13 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    options = _options(args, create_table=False, timeout=args.timeout)
     database = _sqlite_file(args.url)
     if database is not None and not os.path.exists(database):
         # Connecting would create an empty database file under the mistyped name.
         print(f"unhealthy: {_where(args)}: no SQLite database at {database!r}")
         return 1
-    cache = SQLAlchemyCache(
-        args.url,
-        table_name=args.table,
-        schema=args.schema,
-        namespace=args.namespace,
-        create_table=False,
-        timeout=args.timeout,
-    )
+    cache = SQLAlchemyCache(args.url, **options.arguments())
     try:
         health = cache.health()
     finally:
@@ -574,6 +569,8 @@ def _ctrl_c_between_pages() -> Iterator[Callable[[], None]]:
 
 
 def _migrate(args: argparse.Namespace) -> int:
+    # migrate's own default timeout: no deadline for the whole run.
+    options = _options(args, store_prompts=not args.no_store_prompts, timeout=None)
     bar = ProgressBar(sys.stderr)
     try:
         with _ctrl_c_between_pages() as check:
@@ -582,14 +579,11 @@ def _migrate(args: argparse.Namespace) -> int:
                 bar(done)
                 check()
 
-            report = migrate(
+            report = run_migration(
                 args.url,
+                options,
                 args.from_table,
                 from_schema=args.from_schema,
-                table_name=args.table,
-                schema=args.schema,
-                namespace=args.namespace,
-                store_prompts=not args.no_store_prompts,
                 batch_size=args.batch_size,
                 progress=progress,
             )
@@ -606,8 +600,6 @@ def _migrate(args: argparse.Namespace) -> int:
         bar.finish()
         raise
     bar.finish()
-    source = (
-        args.from_table if args.from_schema is None else f"{args.from_schema}.{args.from_table}"
-    )
+    source = qualified_name(args.from_table, args.from_schema)
     print(format_report(report, source, _where(args)))
     return 0

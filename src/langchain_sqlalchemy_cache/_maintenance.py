@@ -16,8 +16,8 @@ from typing import Any
 from sqlalchemy import MetaData, Table
 
 from ._codec import decode_text
-from ._errors import ConfigurationError
 from ._identifiers import check_identifier
+from ._options import CacheOptions
 from ._schema import cache_table
 from ._statements import PURGE_BATCH_ROWS, Statements, build_statements
 from ._stats import ModelEntries, TableStats, utc
@@ -38,36 +38,23 @@ class CacheTable:
         self.readiness = readiness
 
     @classmethod
-    def build(
-        cls,
-        dialect_name: str,
-        table_name: str,
-        schema: str | None,
-        *,
-        namespace: str = "",
-        ttl: float | None = None,
-        create: bool = True,
-    ) -> CacheTable:
-        """The table ``table_name`` (in ``schema``) seen by ``namespace``.
+    def build(cls, dialect_name: str, options: CacheOptions) -> CacheTable:
+        """The table of ``options`` (name, schema, namespace, ttl, create_table).
+
+        The options checked what holds on every backend; here the names are checked
+        against what ``dialect_name`` can hold.
 
         Raises:
-            ConfigurationError: A name is empty or not a str, the dialect cannot hold
-                it, or the dialect is not supported.
+            ConfigurationError: The dialect cannot hold a name, or is not supported.
         """
-        if not isinstance(table_name, str) or not table_name.strip():
-            msg = f"table_name must be a non-empty str, got {table_name!r}"
-            raise ConfigurationError(msg)
-        if schema is not None and (not isinstance(schema, str) or not schema.strip()):
-            msg = f"schema must be a non-empty str or None, got {schema!r}"
-            raise ConfigurationError(msg)
-        check_identifier("table_name", table_name, dialect_name)
-        if schema is not None:
-            check_identifier("schema", schema, dialect_name)
-        table = cache_table(MetaData(), table_name, schema)
+        check_identifier("table_name", options.table_name, dialect_name)
+        if options.schema is not None:
+            check_identifier("schema", options.schema, dialect_name)
+        table = cache_table(MetaData(), options.table_name, options.schema)
         return cls(
             table,
-            build_statements(table, dialect_name, ttl, namespace),
-            TableReadiness(create=create),
+            build_statements(table, dialect_name, options.ttl, options.namespace),
+            TableReadiness(create=options.create_table),
         )
 
     def now(self) -> Steps[float]:

@@ -60,12 +60,12 @@ from ._codec import (
     UncacheableError,
     encode_generations,
 )
-from ._deadline import DEFAULT_TIMEOUT, SyncDeadline, optional_seconds, watch_sync_engine
+from ._deadline import DEFAULT_TIMEOUT, SyncDeadline, watch_sync_engine
 from ._engines import EnginePair, resolve_engines
 from ._errors import CacheError, positive_int
-from ._identifiers import check_namespace
 from ._loops import drop_pool
 from ._maintenance import CacheTable
+from ._options import CacheOptions, qualified_name
 from ._schema import DEFAULT_TABLE_NAME
 from ._secrets import safe_url
 from ._statements import Row, build_insert_absent, entry_row, rows_params
@@ -452,7 +452,7 @@ def _source_layout(
     connection: Connection, from_table: str, from_schema: str | None, where: str
 ) -> SourceLayout:
     inspector = inspect(connection)
-    qualified = from_table if from_schema is None else f"{from_schema}.{from_table}"
+    qualified = qualified_name(from_table, from_schema)
     if not inspector.has_table(from_table, schema=from_schema):
         msg = f"table {qualified!r} does not exist in {where}"
         raise MigrationError(msg)
@@ -513,16 +513,48 @@ def migrate(
 
     Raises:
         MigrationError: The source table is missing, of another layout, or the same
-            table as the destination; or ``batch_size`` is not a positive int.
-        ConfigurationError: The engine or the destination options cannot be used, or
-            the destination table exists with another layout.
+            table as the destination.
+        ConfigurationError: The engine, ``batch_size`` or the destination options
+            cannot be used (the message says what to pass), or the destination table
+            exists with another layout.
+    """
+    options = CacheOptions(
+        table_name=table_name,
+        schema=schema,
+        namespace=namespace,
+        store_prompts=store_prompts,
+        timeout=timeout,
+    )
+    return run_migration(
+        engine,
+        options,
+        from_table,
+        from_schema=from_schema,
+        batch_size=batch_size,
+        progress=progress,
+    )
+
+
+def run_migration(
+    engine: str | URL | Engine | AsyncEngine,
+    options: CacheOptions,
+    from_table: str,
+    *,
+    from_schema: str | None,
+    batch_size: int,
+    progress: Callable[[MigrationProgress], None] | None,
+) -> MigrationReport:
+    """``migrate`` into the table of ``options``, whose ``timeout`` bounds the whole run.
+
+    Raises:
+        MigrationError: As ``migrate``.
+        ConfigurationError: As ``migrate``.
     """
     batch_size = positive_int("batch_size", batch_size)
-    seconds = optional_seconds("timeout", timeout)
-    if (from_table, from_schema) == (table_name, schema):
-        msg = f"the source and destination table are both {table_name!r}"
+    if (from_table, from_schema) == (options.table_name, options.schema):
+        msg = f"the source and destination table are both {options.table_name!r}"
         raise MigrationError(msg)
-    namespace = check_namespace(namespace)
+    seconds = options.timeout
     # The cache's engines: the sync one (derived as the cache derives it) is all a
     # migration uses. The timeout bounds connecting even when the run has no deadline.
     engines = resolve_engines(engine, None, DEFAULT_TIMEOUT if seconds is None else seconds)
@@ -532,11 +564,11 @@ def migrate(
             return _migrate(
                 engine,
                 engines.sync_engine,
-                CacheTable.build(engines.dialect_name, table_name, schema, namespace=namespace),
+                CacheTable.build(engines.dialect_name, options),
                 from_table,
                 from_schema,
                 batch_size=batch_size,
-                store_prompts=store_prompts,
+                store_prompts=options.store_prompts,
                 progress=progress,
             )
     finally:
