@@ -10,10 +10,12 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 from langchain_core.outputs import Generation
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from langchain_sqlalchemy_cache import SQLAlchemyCache
 
@@ -114,5 +116,30 @@ def test_threads_each_running_loops_print_nothing(
     _in_threads(lambda t: _churn(cache, range(t * 1000, t * 1000 + RUNS_PER_THREAD)))
     cache.update("last", "m", [Generation(text="x")])
     assert cache.lookup("last", "m") == [Generation(text="x")]
+    cache.close()
+    assert reports.all() == []
+
+
+def test_a_callers_sqlite_engine_closes_each_finished_loops_connections(
+    tmp_path: Path, reports: Reports
+) -> None:
+    # The caller's own AsyncEngine gets no loop-end clean-up from the cache, which leaves
+    # it alone; each asyncio.run finds the last one's loop closed and terminates its idle
+    # connections then. For aiosqlite that closes the file and ends the worker thread
+    # (aiosqlite's Connection.stop(), new in 0.22.1) rather than leaving the connections
+    # to the garbage collector, which warns that each was deleted before being closed.
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'runs.db'}")
+    cache = SQLAlchemyCache(engine, local_max_bytes=0)  # each lookup reaches the table
+    for run in range(5):
+        value = [Generation(text=str(run))]
+        asyncio.run(cache.aupdate(f"p{run}", "m", value))
+        assert asyncio.run(cache.alookup(f"p{run}", "m")) == value
+
+    async def last_run() -> None:
+        assert await cache.alookup("p4", "m") == [Generation(text="4")]
+        await cache.aclose()
+        await engine.dispose()  # the caller's engine: the caller closes it
+
+    asyncio.run(last_run())
     cache.close()
     assert reports.all() == []
