@@ -161,7 +161,9 @@ class _Worker:
     def __init__(self, connection: Any) -> None:
         self.connection = connection
         self.opened: list[Any] = []
-        connector = connection._connector  # aiosqlite runs it in the worker thread
+        connector = getattr(connection, "_connector", None)  # run in the worker thread
+        if connector is None:  # an aiosqlite that builds its connections otherwise
+            return
 
         def connect_and_keep() -> Any:
             opened = connector()
