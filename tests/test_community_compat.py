@@ -49,8 +49,11 @@ def sync_url(url: str) -> str:
 
 
 def llm_string_of(llm: BaseLLM) -> str:
-    # How langchain_community's tests (and BaseLLM for a call without stop) spell it.
-    params = llm._dict_for_compat()
+    # How langchain_community's tests (and BaseLLM for a call without stop) spell it, from
+    # the dict BaseLLM itself reads: dict() up to langchain-core 1.4.1; from 1.4.2, which
+    # deprecated dict(), _dict_for_compat() (the same dict, without the warning).
+    as_dict = getattr(llm, "_dict_for_compat", None) or llm.dict
+    params = as_dict()
     params["stop"] = None
     return str(sorted(params.items()))
 

@@ -121,13 +121,16 @@ class AiosqliteWorkers:
     A call cancelled mid-statement, or mid-connect, when its loop ends with calls in
     flight, leaves the connection's worker thread finishing that job and then answering
     the loop that asked. The loop must outlive that answer, so every connection is
-    known from the moment it is made, not once it is connected.
+    known from the moment it is made, not once it is connected. A connect cancelled
+    while its worker was opening the file leaves the sqlite3 connection it opened to
+    no one (aiosqlite drops the answer): each connection's opened sqlite3 connections
+    are kept too, and closed once its worker has ended.
     """
 
     def __init__(self) -> None:
         # Strong references: a terminated connection must outlive its thread's last
         # answer, or it is collected while still open (a ResourceWarning).
-        self._by_loop: PerLoop[list[Any]] = PerLoop(list)
+        self._by_loop: PerLoop[list[_Worker]] = PerLoop(list)
 
     def route(self, _dialect: object, _record: object, _args: object, params: Any) -> None:
         """``do_connect`` listener: have SQLAlchemy open aiosqlite through ``connect``."""
@@ -137,17 +140,43 @@ class AiosqliteWorkers:
         """Open an aiosqlite connection (awaitable) and remember it under its loop."""
         import aiosqlite  # only reached on aiosqlite engines
 
-        connection = aiosqlite.connect(*args, **kwargs)
-        connections = self._by_loop.get()
-        connections[:] = [c for c in connections if _worker_alive(c)]
-        connections.append(connection)
-        return connection
+        worker = _Worker(aiosqlite.connect(*args, **kwargs))
+        workers = self._by_loop.get()
+        for ended in [w for w in workers if not _worker_alive(w.connection)]:
+            ended.close_opened()
+        workers[:] = [w for w in workers if _worker_alive(w.connection)]
+        workers.append(worker)
+        return worker.connection
 
     async def stop_all(self) -> None:
         """Close this loop's aiosqlite connections and wait for their threads to end."""
-        connections = self._by_loop.get()
-        while connections:
-            await _stop_worker(connections.pop())
+        workers = self._by_loop.get()
+        while workers:
+            await _stop_worker(workers.pop())
+
+
+class _Worker:
+    """An aiosqlite connection and the sqlite3 connections its worker thread opened."""
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+        self.opened: list[Any] = []
+        connector = getattr(connection, "_connector", None)  # run in the worker thread
+        if connector is None:  # an aiosqlite that builds its connections otherwise
+            return
+
+        def connect_and_keep() -> Any:
+            opened = connector()
+            self.opened.append(opened)
+            return opened
+
+        connection._connector = connect_and_keep
+
+    def close_opened(self) -> None:
+        """Close what the worker opened, once it has ended (a no-op for a closed one)."""
+        while self.opened:
+            with contextlib.suppress(Exception):
+                self.opened.pop().close()
 
 
 def _worker_alive(connection: Any) -> bool:
@@ -155,16 +184,18 @@ def _worker_alive(connection: Any) -> bool:
     return thread is not None and thread.is_alive()
 
 
-async def _stop_worker(connection: Any) -> None:
+async def _stop_worker(worker: _Worker) -> None:
+    connection = worker.connection
+    if _worker_alive(connection):
+        if getattr(connection, "_running", False):  # open, and SQLAlchemy no longer holds it
+            with contextlib.suppress(Exception):
+                await connection.close()
+            if getattr(connection, "_running", False):
+                connection.stop()  # connecting never finished: close() did nothing
+        # Its thread ends once the job it is running and the stop are done.
+        await asyncio.to_thread(connection._thread.join, WORKER_STOP_TIMEOUT_S)
     if not _worker_alive(connection):
-        return
-    if getattr(connection, "_running", False):  # open, and SQLAlchemy no longer holds it
-        with contextlib.suppress(Exception):
-            await connection.close()
-        if getattr(connection, "_running", False):
-            connection.stop()  # connecting never finished: close() did nothing
-    # Its thread ends once the job it is running and the stop are done.
-    await asyncio.to_thread(connection._thread.join, WORKER_STOP_TIMEOUT_S)
+        worker.close_opened()
 
 
 async def _close_at_loop_end(
