@@ -67,15 +67,24 @@ class Coalescer(Generic[T, R]):
     async def submit(self, item: T) -> R:
         """Queue ``item`` and wait for its result."""
         queue = self._queues.get()
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         slots = self._slots.get()
         if not queue.running and not queue.draining and not slots.locked():
             # Nothing queued or in flight and a connection free: a lone call. It is its
-            # own batch at once; skipping the drain task saves an event-loop iteration.
-            # Calls that arrive while it runs queue up and share the next batch.
+            # own batch, run in the caller's own task: no task to spawn, no future, no
+            # event-loop iteration to wait for. Calls that arrive while it runs queue
+            # up and share the next batch. Cancelling the caller cancels its statement,
+            # whose batch is its alone.
             await slots.acquire()  # free, so this returns without suspending
-            self._start(queue, [(item, future)], slots)
-            return await future
+            queue.running += 1
+            try:
+                result = (await self._run_batch([item]))[0]
+            finally:
+                queue.running -= 1
+                slots.release()
+            if isinstance(result, Failed):
+                raise result.error
+            return result
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         queue.waiting.append((item, future))
         if not queue.draining:
             queue.draining = True

@@ -445,7 +445,7 @@ class SQLAlchemyCache(BaseCache):
         # earlier, so none of them is still waiting when it passes.
         async with AsyncDeadline(self._timeout):
             rows = await self._reads.afetch(keys, time.time())
-        found = {row.key: (row.payload, row.updated_at) for row in rows}
+        found = {row[0]: (row[1], row[2]) for row in rows}  # key, payload, updated_at
         return [found.get(key) for key in keys]
 
     # The in-process tier and single flight, around the statements of both sides.
@@ -490,7 +490,7 @@ class SQLAlchemyCache(BaseCache):
             try:
                 params = self._sql.upsert_params([rows[index] for index in chunk])
                 async with AsyncDeadline(self._timeout):
-                    await self._async.execute(self._sql.upsert, params)
+                    await self._async.execute(self._sql.upsert, params, lean=True)
             except Exception as exc:  # this statement's writers fail, the others go on
                 for index in chunk:
                     results[index] = Failed(exc)
@@ -955,6 +955,7 @@ class SQLAlchemyCache(BaseCache):
         raises ``CacheError``; closing again does nothing.
         """
         self._closed = True
+        self._async.close()
         for engine, loop in self._async_engines_to_dispose():
             drop_pool(engine, loop)
         for owned in self._engines.owned:
@@ -975,6 +976,7 @@ class SQLAlchemyCache(BaseCache):
         except RuntimeError:
             self.close()
             return
+        await self._async.aclose()  # held connections back to the pool, then disposed of
         for engine, loop in self._async_engines_to_dispose():
             if loop is running:
                 await engine.dispose()
