@@ -79,6 +79,16 @@ class AsyncExecutor:
             self._keep.append((statement, engine.dialect))
             return form
 
+    def lean(self, statement: Executable) -> bool:
+        """Whether ``statement`` runs on the driver of a held connection on this loop.
+
+        A cancelled statement there ends at once (the connection is terminated without
+        I/O); on SQLAlchemy's ordinary path a cancellation closes the connection
+        gracefully first (shielded), which can outlast the caller's deadline.
+        """
+        engine = self._engines.get()
+        return self._held.holds(engine) and self._driver_form(statement, engine) is not None
+
     async def _connect(self, engine: AsyncEngine, hold: bool) -> AsyncConnection:
         if hold:
             return await self._held.take(engine)
@@ -120,9 +130,7 @@ class AsyncExecutor:
                     if batch is not None:
                         await connection.commit()
                     answer: tuple[Sequence[Any], int] = (
-                        (result.all(), -1)
-                        if rows
-                        else ((), int(getattr(result, "rowcount", -1)))
+                        (result.all(), -1) if rows else ((), int(getattr(result, "rowcount", -1)))
                     )
                 except asyncio.CancelledError:
                     # Cut off mid-statement (a deadline): its reply may still come.

@@ -386,11 +386,19 @@ class SQLAlchemyCache(BaseCache):
             else positive_int("max_concurrency", max_concurrency)
         )
         self._slots: PerLoop[asyncio.Semaphore] = PerLoop(lambda: asyncio.Semaphore(slots))
+        # A lone call runs its statement in its own task where a cancellation ends it at
+        # once (the asyncpg driver path): no task hop.
         self._lookups: Coalescer[str, tuple[bytes, float] | None] = Coalescer(
-            self._fetch_payloads, max_batch=batch, slots=self._slots
+            self._fetch_payloads,
+            max_batch=batch,
+            slots=self._slots,
+            inline=lambda: self._async.lean(self._sql.lookup),
         )
         self._updates: Coalescer[sql.Row, None] = Coalescer(
-            self._write_rows, max_batch=min(batch, _MAX_UPSERT_ROWS), slots=self._slots
+            self._write_rows,
+            max_batch=min(batch, _MAX_UPSERT_ROWS),
+            slots=self._slots,
+            inline=lambda: self._async.lean(self._sql.upsert),
         )
 
     @property
