@@ -452,7 +452,7 @@ class SQLAlchemyCache(BaseCache):
         # A batch has its own deadline, from its start: its callers' deadlines began
         # earlier, so none of them is still waiting when it passes.
         async with AsyncDeadline(self._timeout):
-            rows = await self._reads.afetch(keys, time.time())
+            rows: Sequence[Any] = await self._reads.afetch(keys, time.time())
         found = {row[0]: (row[1], row[2]) for row in rows}  # key, payload, updated_at
         return [found.get(key) for key in keys]
 

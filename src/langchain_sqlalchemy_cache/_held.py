@@ -249,11 +249,18 @@ class DriverStatement:
         # What the dialect's execution context sets before each statement: prepared
         # statements older than the last DDL this process ran are prepared again.
         cursor._invalidate_schema_cache_asof = self._dialect._invalidate_schema_cache_asof
-        values = self._compiled.construct_params(params, _check=False)
-        positional = [
-            values[name] if process is None else process(values[name])
-            for name, process in self._binds
-        ]
+        try:  # every parameter given: the cache's own statements
+            values = params
+            positional = [
+                values[name] if process is None else process(values[name])
+                for name, process in self._binds
+            ]
+        except KeyError:  # some from the statement itself (a literal's bind)
+            values = self._compiled.construct_params(params, _check=False)
+            positional = [
+                values[name] if process is None else process(values[name])
+                for name, process in self._binds
+            ]
         await cursor._prepare_and_execute(self._sql, positional)
         if rows:
             return list(cursor._rows)

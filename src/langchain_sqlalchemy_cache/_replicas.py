@@ -259,8 +259,8 @@ class ReadRouter:
                     self._lag_measured(standby, measured)
                 if not self._usable(standby) or standby.down_until > time.monotonic():
                     continue
-                params = self._sql.lookup_params(standby_keys, now)
-                answer = yield standby, self._sql.lookup, params
+                statement, params = self._sql.lookup_for(standby_keys, now)
+                answer = yield standby, statement, params
                 if answer is None:
                     self._failed(standby)
                     continue
@@ -270,8 +270,8 @@ class ReadRouter:
                 break
         primary_keys += standby_keys
         if primary_keys:
-            params = self._sql.lookup_params(primary_keys, now)
-            answer = yield None, self._sql.lookup, params
+            statement, params = self._sql.lookup_for(primary_keys, now)
+            answer = yield None, statement, params
             rows.extend(answer or ())
             self._served(PRIMARY, len(set(primary_keys)))
         return rows
