@@ -12,7 +12,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ._deadline import discard
-from ._held import DriverStatement, HeldConnections
+from ._held import DriverStatement, HeldConnections, watched
 from ._identity import PairCheck
 from ._loops import LoopEngines
 from ._retry import retry_delay
@@ -72,12 +72,11 @@ class AsyncExecutor:
         # identity, the objects kept alive so that no id is ever reused.
         key = (id(statement), id(engine.dialect))
         try:
-            return self._driver_forms[key]
+            form = self._driver_forms[key]
         except KeyError:
-            form = DriverStatement.build(statement, engine)
-            self._driver_forms[key] = form
+            form = self._driver_forms[key] = DriverStatement.build(statement, engine)
             self._keep.append((statement, engine.dialect))
-            return form
+        return None if form is None or watched(engine) else form
 
     def lean(self, statement: Executable) -> bool:
         """Whether ``statement`` runs on the driver of a held connection on this loop.
@@ -146,6 +145,9 @@ class AsyncExecutor:
                 return answer
             except DBAPIError as exc:
                 if self._readiness.lost(exc, attempt):  # the table was dropped meanwhile
+                    # Setting the table up takes a connection from the pool: idle held
+                    # ones go back to it first, or a full pool would wait on them.
+                    await self._held.release_idle()
                     await self._ensure_table()
                     continue
                 delay = retry_delay(exc, attempt)  # a dropped connection, a deadlock

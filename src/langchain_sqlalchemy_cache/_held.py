@@ -115,6 +115,12 @@ class HeldConnections:
         idle = self._by_loop.get(asyncio.get_running_loop())
         return 0 if idle is None else len(idle.connections)
 
+    async def release_idle(self) -> None:
+        """Return the running loop's idle connections to the pool (held again later)."""
+        idle = self._by_loop.get(asyncio.get_running_loop())
+        while idle is not None and idle.connections:
+            await _close(idle.connections.pop())
+
     async def aclose(self) -> None:
         """Return the running loop's idle connections to the pool; hold nothing from now on.
 
@@ -230,8 +236,7 @@ class DriverStatement:
     def build(cls, statement: Executable, engine: AsyncEngine) -> DriverStatement | None:
         """The driver form of ``statement`` on ``engine``, or None where it has none."""
         dialect = engine.dialect
-        # Listeners the caller attached to statement execution must see every statement.
-        if dialect.driver != "asyncpg" or not _only_own_listeners(engine):
+        if dialect.driver != "asyncpg":
             return None
         compiled: Any = statement.compile(dialect=dialect)  # type: ignore[attr-defined]
         if (
@@ -267,10 +272,14 @@ class DriverStatement:
         return int(cursor._rowcount)
 
 
-def _only_own_listeners(engine: AsyncEngine) -> bool:
-    """Whether no listener on ``engine`` watches statements (before/after execute)."""
+def watched(engine: AsyncEngine) -> bool:
+    """Whether a listener on ``engine`` watches statements (before/after execute).
+
+    Such a listener (tracing, statement counting) must see every statement, so none
+    runs on the driver path while one is attached.
+    """
     dispatch: Any = engine.sync_engine.dispatch
-    return not any(
+    return any(
         len(getattr(dispatch, name))
         for name in (
             "before_execute",
