@@ -236,11 +236,12 @@ class DriverStatement:
     def build(cls, statement: Executable, engine: AsyncEngine) -> DriverStatement | None:
         """The driver form of ``statement`` on ``engine``, or None where it has none."""
         dialect = engine.dialect
-        if dialect.driver != "asyncpg":
+        if dialect.driver != "asyncpg" or not _adapter_readable():
             return None
         compiled: Any = statement.compile(dialect=dialect)  # type: ignore[attr-defined]
         if (
-            compiled.literal_execute_params
+            not hasattr(compiled, "_bind_processors")
+            or compiled.literal_execute_params
             or compiled.post_compile_params
             or compiled.positiontup is None
         ):
@@ -270,6 +271,31 @@ class DriverStatement:
         if rows:
             return list(cursor._rows)
         return int(cursor._rowcount)
+
+
+def _adapter_readable() -> bool:
+    """Whether SQLAlchemy's asyncpg adapter has the private parts the driver path uses.
+
+    No public API runs a compiled statement on the adapter without the execution
+    context: ``_prepare_and_execute`` (the coroutine its cursor's ``execute`` awaits),
+    the rows and row count it leaves in ``_rows`` and ``_rowcount``, and the schema
+    cache timestamp the execution context sets. A release that moves them turns the
+    driver path off (SQLAlchemy's ordinary path runs every statement), never wrong.
+    """
+    try:
+        from sqlalchemy.dialects.postgresql.asyncpg import (
+            AsyncAdapt_asyncpg_cursor,
+            PGDialect_asyncpg,
+        )
+    except ImportError:
+        return False
+    slots = getattr(AsyncAdapt_asyncpg_cursor, "__slots__", ())
+    return (
+        callable(getattr(AsyncAdapt_asyncpg_cursor, "_prepare_and_execute", None))
+        and "_invalidate_schema_cache_asof" in slots
+        and hasattr(PGDialect_asyncpg, "_invalidate_schema_cache_asof")
+        and hasattr(AsyncAdapt_asyncpg_cursor, "_rows")
+    )
 
 
 def watched(engine: AsyncEngine) -> bool:
