@@ -142,8 +142,9 @@ class HeldConnections:
     def close(self) -> None:
         """``aclose`` without a loop to await on: idle connections are ended without I/O.
 
-        Only those of closed loops and of this thread's running loop, if any: a loop
-        running in another thread owns its connections.
+        Those of every loop not running now (closed, or driven by hand and stopped) and
+        of this thread's running loop; a loop running in another thread owns its
+        connections, which it closes when it ends.
         """
         self.closed = True
         try:
@@ -152,8 +153,9 @@ class HeldConnections:
             running = None
         with self._lock:
             self._drop_closed_loops()
-            if running is not None and running in self._by_loop:
-                _terminate_all(self._by_loop[running])
+            for loop, idle in list(self._by_loop.items()):
+                if loop is running or not loop.is_running():
+                    _terminate_all(idle)
 
 
 async def _close(connection: AsyncConnection) -> None:
