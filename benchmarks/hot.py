@@ -78,12 +78,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=None, help="per run (quick: 1)")
     parser.add_argument("--http-seconds", type=int, default=None, help="per wrk run")
     parser.add_argument("--no-http", action="store_true", help="skip the FastAPI part")
+    parser.add_argument(
+        "--subjects",
+        default=None,
+        help="only these subjects, e.g. ours-db,asyncpg-floor,asyncpg-batch-floor (default: all)",
+    )
+    parser.add_argument(
+        "--workloads", default="repeated,distinct", help="repeated, distinct or both"
+    )
     parser.add_argument("--pool-size", type=int, default=5, help="connections of the floors")
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).resolve().parent / "out", help="output dir"
     )
     args = parser.parse_args(argv)
     args.levels = sorted({int(c) for c in args.concurrency.split(",")})
+    args.subjects = None if args.subjects is None else set(args.subjects.split(","))
+    args.workloads = [w for w in ("repeated", "distinct") if w in args.workloads.split(",")]
     args.rounds = args.rounds or (3 if args.quick else 5)
     args.seconds = args.seconds or (1.0 if args.quick else 3.0)
     args.http_seconds = args.http_seconds or (3 if args.quick else 5)
@@ -128,7 +138,11 @@ async def bench_hits(
     Subjects that cannot be set up are left out, with the reason in ``skipped``.
     """
     backend = Backend("postgresql", pg_url=args.pg_url)
-    subjects = subjects_for(backend, args.pool_size)
+    subjects = [
+        subject
+        for subject in subjects_for(backend, args.pool_size)
+        if args.subjects is None or subject.name in args.subjects
+    ]
     runs: list[dict[str, Any]] = []
     ready: list[AsyncSubject] = []
     try:
@@ -144,6 +158,8 @@ async def bench_hits(
             ready.append(subject)
         for round_ in range(args.rounds):
             for name, keys in (("repeated", args.hot_keys), ("distinct", workload.size)):
+                if name not in args.workloads:
+                    continue
                 for concurrency in args.levels:
                     for subject in ready:
                         if name == "distinct" and subject.name == "ours-tier":

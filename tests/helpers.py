@@ -37,6 +37,16 @@ def mysql_url_from_env() -> str:
     return os.environ.get("TEST_MYSQL_URL", DEFAULT_MYSQL_URL)
 
 
+def held_idle(cache: Any) -> int:
+    """Connections the cache holds idle on the running loop (checked out of the pool)."""
+    return int(cache._async._held.idle_count())
+
+
+async def release_held(cache: Any) -> None:
+    """Return the connections the cache holds idle on the running loop to the pool."""
+    await cache._async._held.release_idle()
+
+
 def queue_pool(engine: Engine | AsyncEngine) -> QueuePool:
     """The engine's pool, which counts its connections (every backend's default pool)."""
     pool = engine.pool

@@ -150,3 +150,48 @@ def test_each_event_loop_gets_its_own_queue_and_slots() -> None:
 
     assert asyncio.run(use()) == "X"
     assert asyncio.run(use()) == "X"  # a second loop: no "attached to a different loop"
+
+
+async def test_a_lone_call_runs_its_batch_in_its_own_task_where_inline() -> None:
+    tasks: list[asyncio.Task[object] | None] = []
+
+    async def run(items: Sequence[str]) -> list[str]:
+        tasks.append(asyncio.current_task())
+        return [item.upper() for item in items]
+
+    slots = asyncio.Semaphore(1)
+    inline: Coalescer[str, str] = Coalescer(
+        run, max_batch=10, slots=PerLoop(lambda: slots), inline=lambda: True
+    )
+    assert await inline.submit("a") == "A"
+    assert tasks == [asyncio.current_task()]  # no task of its own, no hop
+    spawning: Coalescer[str, str] = Coalescer(run, max_batch=10, slots=PerLoop(lambda: slots))
+    assert await spawning.submit("b") == "B"
+    assert tasks[1] is not asyncio.current_task()
+    assert not slots.locked()
+
+
+async def test_cancelling_an_inline_lone_call_cancels_its_batch_and_frees_the_slot() -> None:
+    started = asyncio.Event()
+    cancelled: list[str] = []
+
+    async def run(items: Sequence[str]) -> list[str]:
+        started.set()
+        try:
+            await asyncio.Event().wait()  # a statement that never gets its reply
+        except asyncio.CancelledError:
+            cancelled.extend(items)
+            raise
+        return list(items)
+
+    slots = asyncio.Semaphore(1)
+    coalescer: Coalescer[str, str] = Coalescer(
+        run, max_batch=10, slots=PerLoop(lambda: slots), inline=lambda: True
+    )
+    call = asyncio.ensure_future(coalescer.submit("a"))
+    await started.wait()
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert cancelled == ["a"]
+    assert not slots.locked()

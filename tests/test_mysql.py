@@ -21,7 +21,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from langchain_sqlalchemy_cache import SQLAlchemyCache
 
 from .conftest import drop_table, unique_table
-from .helpers import cancellation_storm, eventually, queue_pool, remember, table_of, value
+from .helpers import (
+    cancellation_storm,
+    eventually,
+    held_idle,
+    queue_pool,
+    release_held,
+    remember,
+    table_of,
+    value,
+)
 
 LLM = "llm"
 ASYNC_DRIVERS = ("asyncmy", "aiomysql")
@@ -189,8 +198,11 @@ async def test_cancellation_storm_leaks_nothing(mysql_cache: SQLAlchemyCache) ->
         lambda i: mysql_cache.alookup(f"p{i % 50}", LLM), lambda i: value(f"{i % 50}{big}"), seed=7
     )
     pool = queue_pool(mysql_cache.async_engine)
-    # Batches already sent when their callers were cancelled finish on their own.
-    await eventually(lambda: pool.checkedout() == 0, "every connection back in the pool")
+    # Batches already sent when their callers were cancelled finish on their own; their
+    # connections are back in the pool or held idle for the next statements.
+    await eventually(
+        lambda: pool.checkedout() == held_idle(mysql_cache), "every connection back or held idle"
+    )
     results = await asyncio.gather(*(mysql_cache.alookup(f"p{i % 50}", LLM) for i in range(1000)))
     assert results == [value(f"{i % 50}{big}") for i in range(1000)]
     assert mysql_cache.stats().errors == 0
@@ -244,6 +256,7 @@ async def test_every_call_is_one_statement_on_the_server(mysql_cache: SQLAlchemy
     await mysql_cache.aupdate("p", LLM, value("x"))  # connections and table are ready
     assert mysql_cache.lookup("p", LLM) == value("x")
     sync_sessions, sync_before = sync_session_counters(mysql_cache.sync_engine)
+    await release_held(mysql_cache)  # counted on the pool's idle connections
     async_sessions, async_before = await async_session_counters(mysql_cache.async_engine)
     opened = len(connects)
     assert sync_sessions + async_sessions == opened  # every session the cache has
@@ -254,6 +267,7 @@ async def test_every_call_is_one_statement_on_the_server(mysql_cache: SQLAlchemy
         await mysql_cache.aupdate("q", LLM, value("y"))
     assert len(connects) == opened  # the same sessions did it all
     sync_after = sync_session_counters(mysql_cache.sync_engine)
+    await release_held(mysql_cache)
     async_after = await async_session_counters(mysql_cache.async_engine)
     assert (sync_after[0], async_after[0]) == (sync_sessions, async_sessions)
     sent = {

@@ -9,8 +9,10 @@ from typing import Any
 
 from sqlalchemy import Executable, Row, Table
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ._deadline import discard
+from ._held import DriverStatement, HeldConnections, watched
 from ._identity import PairCheck
 from ._loops import LoopEngines
 from ._retry import retry_delay
@@ -19,7 +21,7 @@ from ._table import TableReadiness, prepare_table
 
 
 class AsyncExecutor:
-    """Runs statements on pooled ``AsyncConnection``s: real async I/O, no threads."""
+    """Runs statements on ``AsyncConnection``s held per event loop: async I/O, no threads."""
 
     def __init__(
         self, engines: LoopEngines, table: Table, readiness: TableReadiness, pair: PairCheck
@@ -28,6 +30,9 @@ class AsyncExecutor:
         self._table = table
         self._readiness = readiness
         self._pair = pair
+        self._held = HeldConnections()
+        self._driver_forms: dict[tuple[int, int], DriverStatement | None] = {}
+        self._keep: list[tuple[Executable, object]] = []
 
     def _ready(self) -> bool:
         return self._pair.async_checked() and self._readiness.ready
@@ -62,30 +67,87 @@ class AsyncExecutor:
                 finally:
                     self._readiness.loop_owner.release()
 
+    def _driver_form(self, statement: Executable, engine: AsyncEngine) -> DriverStatement | None:
+        # Per dialect, which the per-loop engines share with their listeners. Keyed by
+        # identity, the objects kept alive so that no id is ever reused.
+        key = (id(statement), id(engine.dialect))
+        try:
+            form = self._driver_forms[key]
+        except KeyError:
+            form = self._driver_forms[key] = DriverStatement.build(statement, engine)
+            self._keep.append((statement, engine.dialect))
+        return None if form is None or watched(engine) else form
+
+    def lean(self, statement: Executable) -> bool:
+        """Whether ``statement`` runs on the driver of a held connection on this loop.
+
+        A cancelled statement there ends at once (the connection is terminated without
+        I/O); on SQLAlchemy's ordinary path a cancellation closes the connection
+        gracefully first (shielded), which can outlast the caller's deadline.
+        """
+        engine = self._engines.get()
+        return self._held.holds(engine) and self._driver_form(statement, engine) is not None
+
+    async def _connect(self, engine: AsyncEngine, hold: bool) -> AsyncConnection:
+        if hold:
+            return await self._held.take(engine)
+        return await engine.connect().start()
+
     async def _run(
-        self, statement: Executable, params: Params | None, *, rows: bool
-    ) -> tuple[Sequence[Row[Any]], int]:
+        self, statement: Executable, params: Params | None, *, rows: bool, lean: bool = False
+    ) -> tuple[Sequence[Any], int]:
         await self._ensure_table()
         engine = self._engines.get()
         batch = batch_transaction(engine.dialect.name, params)
+        hold = batch is None and self._held.holds(engine)
+        driver = self._driver_form(statement, engine) if lean and hold else None
+        if driver is not None:
+            try:
+                connection = await self._held.take(engine)
+            except Exception:  # cannot connect: the ordinary path below says why
+                pass
+            else:
+                try:
+                    found = await driver.run(connection, params, rows=rows)
+                except asyncio.CancelledError:
+                    await self._held.cut_off(connection)
+                    raise
+                except Exception:
+                    # Never held again. The ordinary path runs the statement once more
+                    # and SQLAlchemy classifies the error: retried, or raised.
+                    await self._held.cut_off(connection)
+                else:
+                    await self._held.give(connection)
+                    return (found, -1) if rows else ((), found)
         for attempt in itertools.count(1):
             try:
-                async with engine.connect() as connection:
-                    try:
-                        if batch is not None:
-                            await connection.execution_options(**batch)
-                        result = await connection.execute(statement, params)
-                        if batch is not None:
-                            await connection.commit()
-                    except asyncio.CancelledError:
-                        # Cut off mid-statement (a deadline): its reply may still come.
-                        await discard(connection)
-                        raise
-                    if rows:
-                        return result.all(), -1
-                    return (), int(getattr(result, "rowcount", -1))
+                connection = await self._connect(engine, hold)
+                try:
+                    if batch is not None:
+                        await connection.execution_options(**batch)
+                    result = await connection.execute(statement, params)
+                    if batch is not None:
+                        await connection.commit()
+                    answer: tuple[Sequence[Any], int] = (
+                        (result.all(), -1) if rows else ((), int(getattr(result, "rowcount", -1)))
+                    )
+                except asyncio.CancelledError:
+                    # Cut off mid-statement (a deadline): its reply may still come.
+                    await discard(connection)
+                    raise
+                except BaseException:
+                    await self._held.failed(connection)
+                    raise
+                if hold:
+                    await self._held.give(connection)
+                else:
+                    await connection.close()
+                return answer
             except DBAPIError as exc:
                 if self._readiness.lost(exc, attempt):  # the table was dropped meanwhile
+                    # Setting the table up takes a connection from the pool: idle held
+                    # ones go back to it first, or a full pool would wait on them.
+                    await self._held.release_idle()
                     await self._ensure_table()
                     continue
                 delay = retry_delay(exc, attempt)  # a dropped connection, a deadlock
@@ -98,6 +160,27 @@ class AsyncExecutor:
         """Run a SELECT and return all its rows."""
         return (await self._run(statement, params, rows=True))[0]
 
-    async def execute(self, statement: Executable, params: Params | None = None) -> int:
-        """Run a statement that returns no rows; return how many rows it changed."""
-        return (await self._run(statement, params, rows=False))[1]
+    async def fetch_lean(self, statement: Executable, params: Params) -> Sequence[Any]:
+        """``fetch`` for the hot path: rows are read by position only.
+
+        On asyncpg they are the driver's records, fetched without SQLAlchemy's
+        per-statement execution machinery (``DriverStatement``).
+        """
+        return (await self._run(statement, params, rows=True, lean=True))[0]
+
+    async def execute(
+        self, statement: Executable, params: Params | None = None, *, lean: bool = False
+    ) -> int:
+        """Run a statement that returns no rows; return how many rows it changed.
+
+        ``lean``: a hot-path statement, which may run on the driver (``fetch_lean``).
+        """
+        return (await self._run(statement, params, rows=False, lean=lean))[1]
+
+    async def aclose(self) -> None:
+        """Return the running loop's held connections to the pool; hold no more."""
+        await self._held.aclose()
+
+    def close(self) -> None:
+        """``aclose`` outside the loop: held connections are ended without I/O."""
+        self._held.close()

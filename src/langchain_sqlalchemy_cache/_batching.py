@@ -58,8 +58,10 @@ class Coalescer(Generic[T, R]):
         *,
         max_batch: int,
         slots: PerLoop[asyncio.Semaphore],
+        inline: Callable[[], bool] | None = None,
     ) -> None:
         self._run_batch = run_batch
+        self._inline = inline
         self._max_batch = max_batch
         self._slots = slots
         self._queues: PerLoop[_Queue[T, R]] = PerLoop(_Queue)
@@ -67,20 +69,41 @@ class Coalescer(Generic[T, R]):
     async def submit(self, item: T) -> R:
         """Queue ``item`` and wait for its result."""
         queue = self._queues.get()
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         slots = self._slots.get()
         if not queue.running and not queue.draining and not slots.locked():
             # Nothing queued or in flight and a connection free: a lone call. It is its
-            # own batch at once; skipping the drain task saves an event-loop iteration.
-            # Calls that arrive while it runs queue up and share the next batch.
+            # own batch at once; calls that arrive while it runs queue up and share the
+            # next batch.
             await slots.acquire()  # free, so this returns without suspending
+            if self._inline is not None and self._inline():
+                return await self._run_alone(queue, item, slots)
+            # Skipping the drain task saves an event-loop iteration.
+            future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
             self._start(queue, [(item, future)], slots)
             return await future
+        future = asyncio.get_running_loop().create_future()
         queue.waiting.append((item, future))
         if not queue.draining:
             queue.draining = True
             self._spawn(queue, self._drain(queue))
         return await future
+
+    async def _run_alone(self, queue: _Queue[T, R], item: T, slots: asyncio.Semaphore) -> R:
+        """Run a lone call's batch in the caller's own task: no task, no future, no hop.
+
+        Only where ``inline`` says a cancelled statement ends at once (a cancellation
+        of the caller, its deadline included, lands in the statement itself, whose
+        batch is the caller's alone); elsewhere the batch runs in a task of its own.
+        """
+        queue.running += 1
+        try:
+            result = (await self._run_batch([item]))[0]
+        finally:
+            queue.running -= 1
+            slots.release()
+        if isinstance(result, Failed):
+            raise result.error
+        return result
 
     def _spawn(self, queue: _Queue[T, R], coroutine: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coroutine)

@@ -353,11 +353,19 @@ class SQLAlchemyCache(BaseCache):
             else options.max_concurrency
         )
         self._slots: PerLoop[asyncio.Semaphore] = PerLoop(lambda: asyncio.Semaphore(slots))
+        # A lone call runs its statement in its own task where a cancellation ends it at
+        # once (the asyncpg driver path): no task hop.
         self._lookups: Coalescer[str, tuple[bytes, float] | None] = Coalescer(
-            self._fetch_payloads, max_batch=batch, slots=self._slots
+            self._fetch_payloads,
+            max_batch=batch,
+            slots=self._slots,
+            inline=lambda: self._async.lean(self._sql.lookup),
         )
         self._updates: Coalescer[sql.Row, None] = Coalescer(
-            self._write_rows, max_batch=min(batch, _MAX_UPSERT_ROWS), slots=self._slots
+            self._write_rows,
+            max_batch=min(batch, _MAX_UPSERT_ROWS),
+            slots=self._slots,
+            inline=lambda: self._async.lean(self._sql.upsert),
         )
 
     @property
@@ -411,8 +419,8 @@ class SQLAlchemyCache(BaseCache):
         # A batch has its own deadline, from its start: its callers' deadlines began
         # earlier, so none of them is still waiting when it passes.
         async with AsyncDeadline(self._timeout):
-            rows = await self._reads.afetch(keys, time.time())
-        found = {row.key: (row.payload, row.updated_at) for row in rows}
+            rows: Sequence[Any] = await self._reads.afetch(keys, time.time())
+        found = {row[0]: (row[1], row[2]) for row in rows}  # key, payload, updated_at
         return [found.get(key) for key in keys]
 
     # The in-process tier and single flight, around the statements of both sides.
@@ -457,7 +465,7 @@ class SQLAlchemyCache(BaseCache):
             try:
                 params = self._sql.upsert_params([rows[index] for index in chunk])
                 async with AsyncDeadline(self._timeout):
-                    await self._async.execute(self._sql.upsert, params)
+                    await self._async.execute(self._sql.upsert, params, lean=True)
             except Exception as exc:  # this statement's writers fail, the others go on
                 for index in chunk:
                     results[index] = Failed(exc)
@@ -863,6 +871,7 @@ class SQLAlchemyCache(BaseCache):
         raises ``CacheError``; closing again does nothing.
         """
         self._closed = True
+        self._async.close()
         for engine, loop in self._async_engines_to_dispose():
             drop_pool(engine, loop)
         for owned in self._engines.owned:
@@ -883,6 +892,7 @@ class SQLAlchemyCache(BaseCache):
         except RuntimeError:
             self.close()
             return
+        await self._async.aclose()  # held connections back to the pool, then disposed of
         for engine, loop in self._async_engines_to_dispose():
             if loop is running:
                 await engine.dispose()

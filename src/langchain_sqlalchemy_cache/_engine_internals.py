@@ -12,6 +12,7 @@ pairing refuse with a request for an explicit engine pair instead of guessing.
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -150,3 +151,31 @@ _ASYNC_POOL_TWIN: dict[type[Pool], type[Pool]] = {
 def pool_twin(pool_class: type[Pool], *, to_async: bool) -> type[Pool] | None:
     """The pool class for the other side, or None if ``pool_class`` has no twin."""
     return (_SYNC_POOL_TWIN if to_async else _ASYNC_POOL_TWIN).get(pool_class)
+
+
+def held_connection_fresh(connection: Any, pool: Pool) -> bool:
+    """Whether an ``AsyncConnection`` held since its checkout from ``pool`` may be used.
+
+    What the pool checks at each checkout (``_ConnectionRecord.get_connection``), which
+    a held connection skips: that it is not older than the pool's last invalidation
+    (SQLAlchemy invalidates the whole pool when a statement finds its connection dropped,
+    or the server read-only: ``_failover.py``) nor than ``pool_recycle``. SQLAlchemy has
+    no public API for either: the record's ``starttime``, the pool's ``_invalidate_time``
+    and ``_recycle`` are private. Anything unreadable counts as stale: the connection is
+    then closed and a fresh one checked out, which costs a checkout, never correctness.
+    """
+    sync = connection.sync_connection
+    if sync is None or sync.closed or sync.invalidated:
+        return False
+    try:
+        fairy = sync._dbapi_connection
+        record = fairy._connection_record
+        if record is None or fairy._pool is not pool:
+            return False
+        started = float(record.starttime)
+        if pool._invalidate_time > started:
+            return False
+        recycle = pool._recycle
+        return not (recycle > -1 and time.time() - started > recycle)
+    except (AttributeError, TypeError, ValueError):
+        return False

@@ -221,7 +221,7 @@ class ReadRouter:
             if rows is None:
                 standby.down_until = time.monotonic() + DOWN_SECONDS
             else:
-                standby.lag = float(rows[0].lag)
+                standby.lag = float(rows[0][0])
             standby.checked_at = time.monotonic()
         finally:
             standby.checking.release()
@@ -259,8 +259,8 @@ class ReadRouter:
                     self._lag_measured(standby, measured)
                 if not self._usable(standby) or standby.down_until > time.monotonic():
                     continue
-                params = self._sql.lookup_params(standby_keys, now)
-                answer = yield standby, self._sql.lookup, params
+                statement, params = self._sql.lookup_for(standby_keys, now)
+                answer = yield standby, statement, params
                 if answer is None:
                     self._failed(standby)
                     continue
@@ -270,24 +270,27 @@ class ReadRouter:
                 break
         primary_keys += standby_keys
         if primary_keys:
-            params = self._sql.lookup_params(primary_keys, now)
-            answer = yield None, self._sql.lookup, params
+            statement, params = self._sql.lookup_for(primary_keys, now)
+            answer = yield None, statement, params
             rows.extend(answer or ())
             self._served(PRIMARY, len(set(primary_keys)))
         return rows
 
     async def afetch(self, keys: Sequence[str], now: float) -> list[Row[Any]]:
-        """Rows of the lookup of ``keys``, from a standby where one can answer."""
+        """Rows of the lookup of ``keys``, from a standby where one can answer.
+
+        Rows are (key, payload, updated_at), read by position (``fetch_lean``).
+        """
         plan = self._plan(keys, now)
         answer: Sequence[Row[Any]] | None = None
         try:
             while True:
                 server, statement, params = plan.send(answer)
                 if server is None:
-                    answer = await self._primary_async.fetch(statement, params)
+                    answer = await self._primary_async.fetch_lean(statement, params)
                     continue
                 try:
-                    answer = await server.async_io.fetch(statement, params)
+                    answer = await server.async_io.fetch_lean(statement, params)
                 except Exception:  # a standby down or broken: the plan moves on
                     answer = None
         except StopIteration as done:
@@ -324,6 +327,7 @@ class ReadRouter:
     def close(self) -> None:
         """Drop the standbys' async pools and dispose of their sync engines."""
         for standby in self._standbys:
+            standby.async_io.close()
             for engine, loop in self._owned_async(standby):
                 drop_pool(engine, loop)
             self._dispose_sync(standby)
@@ -332,6 +336,7 @@ class ReadRouter:
         """Close the standbys' connections of the running loop politely, drop the others."""
         running = asyncio.get_running_loop()
         for standby in self._standbys:
+            await standby.async_io.aclose()
             for engine, loop in self._owned_async(standby):
                 if loop is running:
                     await engine.dispose()

@@ -137,6 +137,9 @@ class Statements:
     # SELECT of the server's clock (None on SQLite: the client's clock is the server's).
     clock: Select[tuple[float]] | None
     lookup: Select[tuple[str, bytes, float]]
+    # The same for one key (``key = :key``): a lone lookup, and every sync one. Cheaper
+    # than ``= ANY(array)`` on PostgreSQL (no array to encode and unpack).
+    lookup_one: Select[tuple[str, bytes, float]]
     upsert: Insert
     namespace: str
     # clear(): indexed by (llm_key given, cutoff given); each scoped to the namespace.
@@ -169,6 +172,18 @@ class Statements:
             else:
                 params["ttl"] = self.ttl
         return params
+
+    def lookup_for(
+        self, keys: Sequence[str], now: float
+    ) -> tuple[Select[tuple[str, bytes, float]], dict[str, Any]]:
+        """The lookup statement for these keys (``lookup_one`` for one) and its parameters."""
+        params = self.lookup_params(keys, now)
+        unique = params["keys"]
+        if len(unique) != 1:
+            return self.lookup, params
+        del params["keys"]
+        params["key"] = unique[0]
+        return self.lookup_one, params
 
     def clear(self, llm_key: str | None, cutoff: float | None) -> tuple[Delete, dict[str, Any]]:
         """The DELETE for ``clear()`` with these filters, and its parameters."""
@@ -279,6 +294,7 @@ def build_statements(
         ttl=ttl,
         clock=None if clock is None else select(clock),
         lookup=_lookup(table, dialect_name, with_ttl=ttl is not None),
+        lookup_one=_lookup(table, dialect_name, with_ttl=ttl is not None, one=True),
         upsert=_upsert(table, dialect_name),
         namespace=namespace,
         clears={given: _clear(table, dialect_name, where) for given, where in filters.items()},
@@ -372,7 +388,9 @@ def _purge_batch(table: Table, dialect_name: str, older: Any) -> Delete:
     return delete(table).where(table.c.key.in_(victims.scalar_subquery()))
 
 
-def _lookup(table: Table, dialect_name: str, *, with_ttl: bool) -> Select[tuple[str, bytes, float]]:
+def _lookup(
+    table: Table, dialect_name: str, *, with_ttl: bool, one: bool = False
+) -> Select[tuple[str, bytes, float]]:
     # updated_at: the in-process tier ends an entry's life in memory where its ttl ends.
     stmt = select(table.c.key, table.c.payload, table.c.updated_at)
     clock = server_clock(dialect_name)
@@ -380,6 +398,8 @@ def _lookup(table: Table, dialect_name: str, *, with_ttl: bool) -> Select[tuple[
         stmt = stmt.where(table.c.updated_at >= bindparam("fresh_since"))
     elif with_ttl and clock is not None:
         stmt = stmt.where(table.c.updated_at >= clock - bindparam("ttl", type_=Double))
+    if one:
+        return stmt.where(table.c.key == bindparam("key", type_=String(KEY_LENGTH)))
     if dialect_name == "postgresql":
         # One array parameter: the same statement text for every batch size, which
         # asyncpg prepares once per connection.

@@ -1,0 +1,318 @@
+"""Long-lived async connections: checked out once, then reused by call after call.
+
+A pool checkout per statement (an ``AsyncConnection``, SQLAlchemy's checkout and
+checkin, two greenlet switches) cost more than the statement's own round trip on a
+lone lookup. So each event loop keeps the connections its statements used, at most
+one per statement in flight (the coalescer's slots bound those), and the next
+statement takes one of them back without a checkout.
+
+A held connection never holds a transaction: the cache's engines autocommit, so it
+sits idle between statements exactly as a pooled one does, and PgBouncer in
+transaction mode sees one statement per transaction as before. It is checked before
+each use as the pool checks a connection at checkout: a connection older than the
+pool's last invalidation (a dropped connection or a read-only server seen by any
+statement: a failover) or than ``pool_recycle`` is closed and replaced. One that
+failed, or whose statement was cancelled or cut off by a deadline, is never held
+again. The idle ones are returned to the pool by ``aclose()`` and closed when their
+event loop ends.
+
+Only queue pools hold connections: ``NullPool`` (and a static pool) mean the caller
+wants no connection kept or shared, and SQLite's connections each run a worker
+thread whose shutdown at loop end ``_loops.py`` orchestrates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import weakref
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Executable
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.pool import QueuePool
+
+from ._deadline import discard
+from ._engine_internals import held_connection_fresh
+
+
+@dataclass
+class _Idle:
+    """The idle held connections of one event loop."""
+
+    connections: list[AsyncConnection] = field(default_factory=list)
+    ending: bool = False  # the loop is shutting down: nothing is held any more
+    end_hook: AsyncGenerator[None, None] | None = None
+
+
+class HeldConnections:
+    """The held connections of one executor, per event loop."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Idle] = (
+            weakref.WeakKeyDictionary()
+        )
+        self.closed = False
+
+    @staticmethod
+    def holds(engine: AsyncEngine) -> bool:
+        """Whether statements on ``engine`` run on held connections."""
+        return engine.dialect.name != "sqlite" and isinstance(engine.sync_engine.pool, QueuePool)
+
+    def _idle(self) -> _Idle:
+        loop = asyncio.get_running_loop()
+        idle = self._by_loop.get(loop)
+        if idle is None:
+            with self._lock:
+                idle = self._by_loop.get(loop)
+                if idle is None:
+                    self._drop_closed_loops()
+                    idle = self._by_loop[loop] = _Idle()
+                    idle.end_hook = _until_loop_end(idle)
+        return idle
+
+    def _drop_closed_loops(self) -> None:
+        # A loop closed without finalizing its async generators (no asyncio.run): its
+        # connections cannot be closed politely any more; end them without I/O.
+        for loop in [loop for loop in self._by_loop if loop.is_closed()]:
+            _terminate_all(self._by_loop.pop(loop))
+
+    async def take(self, engine: AsyncEngine) -> AsyncConnection:
+        """An idle held connection of this loop still fit for use, or a new checkout."""
+        idle = self._idle()
+        pool = engine.sync_engine.pool
+        while idle.connections:
+            connection = idle.connections.pop()
+            if held_connection_fresh(connection, pool):
+                return connection
+            await _close(connection)
+        return await engine.connect().start()
+
+    async def give(self, connection: AsyncConnection) -> None:
+        """Hold ``connection`` again after its statement succeeded."""
+        idle = self._idle()
+        if self.closed or idle.ending:
+            await _close(connection)
+        else:
+            idle.connections.append(connection)
+
+    @staticmethod
+    async def failed(connection: AsyncConnection) -> None:
+        """Its statement failed: back to the pool (SQLAlchemy invalidated it if dropped)."""
+        await _close(connection)
+
+    @staticmethod
+    async def cut_off(connection: AsyncConnection) -> None:
+        """Its statement was cancelled midway: close it for good."""
+        await discard(connection)
+
+    def idle_count(self) -> int:
+        """Idle held connections of the running loop."""
+        idle = self._by_loop.get(asyncio.get_running_loop())
+        return 0 if idle is None else len(idle.connections)
+
+    async def release_idle(self) -> None:
+        """Return the running loop's idle connections to the pool (held again later)."""
+        idle = self._by_loop.get(asyncio.get_running_loop())
+        while idle is not None and idle.connections:
+            await _close(idle.connections.pop())
+
+    async def aclose(self) -> None:
+        """Return the running loop's idle connections to the pool; hold nothing from now on.
+
+        Connections of other loops still running are left to those loops (returned
+        after their statement, closed when the loop ends); those of closed loops are
+        ended without I/O.
+        """
+        self.closed = True
+        running = asyncio.get_running_loop()
+        with self._lock:
+            self._drop_closed_loops()
+            idle = self._by_loop.get(running)
+            connections = [] if idle is None else idle.connections[:]
+            if idle is not None:
+                idle.connections.clear()
+        for connection in connections:
+            await _close(connection)
+
+    def close(self) -> None:
+        """``aclose`` without a loop to await on: idle connections are ended without I/O.
+
+        Those of every loop not running now (closed, or driven by hand and stopped) and
+        of this thread's running loop; a loop running in another thread owns its
+        connections, which it closes when it ends.
+        """
+        self.closed = True
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        with self._lock:
+            self._drop_closed_loops()
+            for loop, idle in list(self._by_loop.items()):
+                if loop is running or not loop.is_running():
+                    _terminate_all(idle)
+
+
+async def _close(connection: AsyncConnection) -> None:
+    try:
+        await connection.close()
+    except asyncio.CancelledError:
+        await discard(connection)
+        raise
+    except Exception:
+        await discard(connection)
+
+
+def _terminate_all(idle: _Idle) -> None:
+    idle.ending = True
+    while idle.connections:
+        connection = idle.connections.pop()
+        with contextlib.suppress(Exception):
+            connection.sync_connection.invalidate()  # type: ignore[union-attr]
+
+
+async def _close_at_loop_end(idle: _Idle) -> AsyncGenerator[None, None]:
+    """Suspended until its loop shuts down; then closes the loop's idle connections.
+
+    They are detached from the pool first: the engine of the loop may be disposed of
+    at the same moment (``_loops.py``), and a connection returned to a pool already
+    disposed of would never be closed.
+    """
+    try:
+        yield
+    finally:
+        idle.ending = True
+        while idle.connections:
+            connection = idle.connections.pop()
+            try:
+                sync = connection.sync_connection
+                if sync is not None and not sync.invalidated:
+                    sync.detach()
+                await connection.close()
+            except Exception:
+                await discard(connection)
+
+
+def _until_loop_end(idle: _Idle) -> AsyncGenerator[None, None]:
+    generator = _close_at_loop_end(idle)
+    with contextlib.suppress(StopIteration):
+        generator.asend(None).send(None)  # runs to its yield: registered with the loop
+    return generator
+
+
+# Running a statement on the driver itself.
+
+
+class DriverStatement:
+    """A Core statement compiled once, run on asyncpg through SQLAlchemy's adapter.
+
+    The statement stays SQLAlchemy's (compiled by its dialect, parameters bound by its
+    compiled form, prepared and cached by its asyncpg adapter, which also honours the
+    engine's ``prepared_statement_cache_size`` and ``prepared_statement_name_func``):
+    what is skipped is the per-call execution context, result object and greenlet
+    switch. Rows come back as driver records, read by position. Any error is left to
+    the caller, which runs the statement again the ordinary way (every cache statement
+    is idempotent): SQLAlchemy then classifies it (dropped connection, read-only
+    server, lock conflict, vanished table) and retries as usual.
+    """
+
+    __slots__ = ("_binds", "_compiled", "_dialect", "_sql")
+
+    def __init__(self, compiled: Any, dialect: Any) -> None:
+        self._compiled = compiled
+        self._dialect = dialect
+        self._sql: str = compiled.string
+        # Each positional parameter with its type's bind processor, as SQLAlchemy's
+        # execution context applies them (DefaultExecutionContext._init_compiled).
+        processors = compiled._bind_processors
+        self._binds: tuple[tuple[str, Any], ...] = tuple(
+            (name, processors.get(name)) for name in compiled.positiontup
+        )
+
+    @classmethod
+    def build(cls, statement: Executable, engine: AsyncEngine) -> DriverStatement | None:
+        """The driver form of ``statement`` on ``engine``, or None where it has none."""
+        dialect = engine.dialect
+        if dialect.driver != "asyncpg" or not _adapter_readable():
+            return None
+        compiled: Any = statement.compile(dialect=dialect)  # type: ignore[attr-defined]
+        if (
+            not hasattr(compiled, "_bind_processors")
+            or compiled.literal_execute_params
+            or compiled.post_compile_params
+            or compiled.positiontup is None
+        ):
+            return None
+        return cls(compiled, dialect)
+
+    async def run(self, connection: AsyncConnection, params: Any, *, rows: bool) -> Any:
+        """Run on ``connection``; return its rows, or its row count."""
+        adapted: Any = connection.sync_connection.connection.dbapi_connection  # type: ignore[union-attr]
+        cursor = adapted.cursor()
+        # What the dialect's execution context sets before each statement: prepared
+        # statements older than the last DDL this process ran are prepared again.
+        cursor._invalidate_schema_cache_asof = self._dialect._invalidate_schema_cache_asof
+        try:  # every parameter given: the cache's own statements
+            values = params
+            positional = [
+                values[name] if process is None else process(values[name])
+                for name, process in self._binds
+            ]
+        except KeyError:  # some from the statement itself (a literal's bind)
+            values = self._compiled.construct_params(params, _check=False)
+            positional = [
+                values[name] if process is None else process(values[name])
+                for name, process in self._binds
+            ]
+        await cursor._prepare_and_execute(self._sql, positional)
+        if rows:
+            return list(cursor._rows)
+        return int(cursor._rowcount)
+
+
+def _adapter_readable() -> bool:
+    """Whether SQLAlchemy's asyncpg adapter has the private parts the driver path uses.
+
+    No public API runs a compiled statement on the adapter without the execution
+    context: ``_prepare_and_execute`` (the coroutine its cursor's ``execute`` awaits),
+    the rows and row count it leaves in ``_rows`` and ``_rowcount``, and the schema
+    cache timestamp the execution context sets. A release that moves them turns the
+    driver path off (SQLAlchemy's ordinary path runs every statement), never wrong.
+    """
+    try:
+        from sqlalchemy.dialects.postgresql.asyncpg import (
+            AsyncAdapt_asyncpg_cursor,
+            PGDialect_asyncpg,
+        )
+    except ImportError:
+        return False
+    slots = getattr(AsyncAdapt_asyncpg_cursor, "__slots__", ())
+    return (
+        callable(getattr(AsyncAdapt_asyncpg_cursor, "_prepare_and_execute", None))
+        and "_invalidate_schema_cache_asof" in slots
+        and hasattr(PGDialect_asyncpg, "_invalidate_schema_cache_asof")
+        and hasattr(AsyncAdapt_asyncpg_cursor, "_rows")
+    )
+
+
+def watched(engine: AsyncEngine) -> bool:
+    """Whether a listener on ``engine`` watches statements (before/after execute).
+
+    Such a listener (tracing, statement counting) must see every statement, so none
+    runs on the driver path while one is attached.
+    """
+    dispatch: Any = engine.sync_engine.dispatch
+    return any(
+        len(getattr(dispatch, name))
+        for name in (
+            "before_execute",
+            "after_execute",
+            "before_cursor_execute",
+            "after_cursor_execute",
+        )
+    )
