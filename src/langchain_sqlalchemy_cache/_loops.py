@@ -83,22 +83,29 @@ def clone_engine(base: AsyncEngine) -> AsyncEngine:
     return AsyncEngine(twin)
 
 
-def drop_pool(engine: AsyncEngine, loop: asyncio.AbstractEventLoop | None) -> None:
+def drop_pool(
+    engine: AsyncEngine,
+    loop: asyncio.AbstractEventLoop | None,
+    workers: AiosqliteWorkers | None = None,
+) -> None:
     """Drop the pool of ``engine``, whose connections belong to ``loop``, without I/O.
 
     When ``loop`` is gone (or is this thread's running loop), idle connections are
     terminated first, as SQLAlchemy does for a connection the garbage collector finds:
     for aiosqlite that closes the file and ends its thread now, rather than whenever the
     collector gets there (warning about an unclosed connection, and reporting its thread
-    failing on the closed loop). Drivers whose sockets need their closed loop fail
-    quietly and are left to the collector. Connections of a loop still running in
-    another thread are never touched from this one.
+    failing on the closed loop). The thread reports its stop to the running loop: with
+    ``workers``, that loop waits for the thread at its own end. Drivers whose sockets
+    need their closed loop fail quietly and are left to the collector. Connections of a
+    loop still running in another thread are never touched from this one.
     """
     try:
         running = asyncio.get_running_loop()  # aiosqlite reports the stop to it
     except RuntimeError:
         running = None  # outside any loop: left to the garbage collector
     ours = loop is None or loop is running or loop.is_closed()
+    # Private API: Pool has no public way to take its idle connections out (dispose()
+    # closes them, which for an async driver needs their own, possibly closed, loop).
     idle = getattr(engine.sync_engine.pool, "_pool", None) if running and ours else None
     while idle is not None:
         try:
@@ -107,6 +114,8 @@ def drop_pool(engine: AsyncEngine, loop: asyncio.AbstractEventLoop | None) -> No
             break
         with contextlib.suppress(Exception):
             record.dbapi_connection.terminate()
+            if workers is not None:
+                workers.adopt(record.driver_connection)
     engine.sync_engine.dispose(close=False)
 
 
@@ -138,10 +147,18 @@ class AiosqliteWorkers:
         import aiosqlite  # only reached on aiosqlite engines
 
         connection = aiosqlite.connect(*args, **kwargs)
+        # As SQLAlchemy's aiosqlite dialect does for the connections it opens itself (it
+        # skips this for an async_creator_fn): a worker thread never keeps the process
+        # alive. Private API: aiosqlite has no public way to reach its thread.
+        connection._thread.daemon = True
+        self.adopt(connection)
+        return connection
+
+    def adopt(self, connection: Any) -> None:
+        """Have the running loop stop ``connection``'s worker thread before it ends."""
         connections = self._by_loop.get()
         connections[:] = [c for c in connections if _worker_alive(c)]
         connections.append(connection)
-        return connection
 
     async def stop_all(self) -> None:
         """Close this loop's aiosqlite connections and wait for their threads to end."""
@@ -197,10 +214,17 @@ def _until_loop_end(engine: AsyncEngine, workers: AiosqliteWorkers) -> AsyncGene
 class LoopEngines:
     """Hands out the AsyncEngine of the running event loop.
 
-    The engine the cache was given serves the first loop that uses it, and the next one
-    once that loop is closed (its stale pool is dropped first), so the common cases of a
-    single loop or of successive ``asyncio.run`` calls use the caller's engine itself.
-    Loops that run beside it get clones, dropped with their loop.
+    The engine the cache was given serves the first loop that uses it, and the next new
+    loop once that one is closed (its stale pool is dropped first), so the common cases
+    of a single loop or of successive ``asyncio.run`` calls use the caller's engine
+    itself. Loops that run beside it get clones, dropped with their loop.
+
+    A loop keeps the one engine it was first handed until it ends: a loop with a clone
+    does not take the caller's engine over when its owner closes. Each loop has exactly
+    one loop-end closer (``_close_at_loop_end``), made with that engine and kept as long
+    as the loop: replaced, the old closer would be collected while its loop still runs,
+    and asyncio then finalizes it at once, closing that loop's aiosqlite connections
+    under the statements still using them.
     """
 
     def __init__(self, base: AsyncEngine, *, owned: bool = True) -> None:
@@ -227,24 +251,31 @@ class LoopEngines:
         loop = asyncio.get_running_loop()
         if self._base_loop is not None and self._base_loop() is loop:
             return self.base
+        clone = self._clones.get(loop)
+        if clone is not None:
+            return clone
         with self._lock:
             owner = self._base_loop() if self._base_loop is not None else None
-            for gone in [other for other in self._clones if other.is_closed()]:
-                drop_pool(self._clones.pop(gone), gone)
-            if owner is None or owner.is_closed():
-                if owner is not None:
-                    drop_pool(self.base, owner)  # its connections died with their loop
-                self._base_loop = weakref.ref(loop)
-                if self._owned:
-                    self._loop_ends[loop] = _until_loop_end(self.base, self._workers)
-                return self.base
             if owner is loop:
                 return self.base
-            clone = self._clones.get(loop)
-            if clone is None:
-                clone = self._clones[loop] = clone_engine(self.base)
-                self._loop_ends[loop] = _until_loop_end(clone, self._workers)
+            for gone in [other for other in self._clones if other.is_closed()]:
+                drop_pool(self._clones.pop(gone), gone, self._workers)
+            if owner is None or owner.is_closed():
+                if owner is not None:
+                    # Its connections died with their loop.
+                    drop_pool(self.base, owner, self._workers)
+                self._base_loop = weakref.ref(loop)
+                if self._owned:
+                    self._close_at_end_of(loop, self.base)
+                return self.base
+            clone = self._clones[loop] = clone_engine(self.base)
+            self._close_at_end_of(loop, clone)
             return clone
+
+    def _close_at_end_of(self, loop: asyncio.AbstractEventLoop, engine: AsyncEngine) -> None:
+        # A loop is handed one engine, once (see the class docstring): never replaced.
+        assert loop not in self._loop_ends, "a loop's closer is made once"
+        self._loop_ends[loop] = _until_loop_end(engine, self._workers)
 
     def engines(self) -> list[tuple[AsyncEngine, asyncio.AbstractEventLoop | None]]:
         """Every engine handed out so far, with the loop it serves (None if gone)."""
