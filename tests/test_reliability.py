@@ -126,6 +126,34 @@ def test_a_finished_loops_sqlite_connections_are_closed(tmp_path: Path) -> None:
     asyncio.run(close())
 
 
+def test_a_loop_reaching_the_engine_directly_leaves_no_closed_connection_pooled(
+    tmp_path: Path,
+) -> None:
+    # cache.async_engine used on a loop the cache never served: that loop still closes
+    # the aiosqlite connection it opened (its thread ended before asyncio.run returns),
+    # and the pool forgets it, so the next loop's calls open a fresh one.
+    others = set(threading.enumerate())
+
+    def aiosqlite_threads() -> set[threading.Thread]:
+        alive = set(threading.enumerate()) - others
+        return {t for t in alive if "_connection_worker_thread" in t.name}
+
+    cache = SQLAlchemyCache(f"sqlite:///{tmp_path / 'direct.db'}", local_max_bytes=0)
+
+    async def direct() -> Any:
+        async with cache.async_engine.connect() as connection:
+            return (await connection.exec_driver_sql("SELECT 1")).scalar()
+
+    for i in range(3):
+        assert asyncio.run(direct()) == 1
+        assert aiosqlite_threads() == set()
+        asyncio.run(cache.aupdate(f"p{i}", LLM, value(str(i))))
+        assert asyncio.run(cache.alookup(f"p{i}", LLM)) == value(str(i))
+        assert aiosqlite_threads() == set()
+    assert cache.stats().errors == 0
+    cache.close()
+
+
 def test_threads_each_running_their_own_loop_share_a_cache(make_cache: CacheFactory) -> None:
     cache = make_cache(local_max_bytes=0)  # no tier: each loop's own engine reaches the table
 

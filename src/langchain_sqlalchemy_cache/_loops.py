@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
 import threading
 import weakref
 from collections.abc import AsyncGenerator, Callable
@@ -18,6 +19,7 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Engine, event
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from ._errors import ConfigurationError
 
@@ -86,7 +88,7 @@ def clone_engine(base: AsyncEngine) -> AsyncEngine:
 def drop_pool(
     engine: AsyncEngine,
     loop: asyncio.AbstractEventLoop | None,
-    workers: AiosqliteWorkers | None = None,
+    ends: LoopEnds | None = None,
 ) -> None:
     """Drop the pool of ``engine``, whose connections belong to ``loop``, without I/O.
 
@@ -95,7 +97,7 @@ def drop_pool(
     for aiosqlite that closes the file and ends its thread now, rather than whenever the
     collector gets there (warning about an unclosed connection, and reporting its thread
     failing on the closed loop). The thread reports its stop to the running loop: with
-    ``workers``, that loop waits for the thread at its own end. Drivers whose sockets
+    ``ends``, that loop waits for the thread at its own end. Drivers whose sockets
     need their closed loop fail quietly and are left to the collector. Connections of a
     loop still running in another thread are never touched from this one.
     """
@@ -114,8 +116,8 @@ def drop_pool(
             break
         with contextlib.suppress(Exception):
             record.dbapi_connection.terminate()
-            if workers is not None:
-                workers.adopt(record.driver_connection)
+            if ends is not None:
+                ends.adopt(record.driver_connection)
     engine.sync_engine.dispose(close=False)
 
 
@@ -124,25 +126,72 @@ def drop_pool(
 WORKER_STOP_TIMEOUT_S = 30.0
 
 
-class AiosqliteWorkers:
-    """The aiosqlite connections opened on each event loop, from their very start.
+class _LoopEnd:
+    """What one event loop closes as it shuts down: its engine, its aiosqlite connections."""
 
-    A call cancelled mid-statement, or mid-connect, when its loop ends with calls in
-    flight, leaves the connection's worker thread finishing that job and then answering
-    the loop that asked. The loop must outlive that answer, so every connection is
-    known from the moment it is made, not once it is connected.
+    __slots__ = ("connections", "engine")
+
+    def __init__(self) -> None:
+        self.engine: AsyncEngine | None = None
+        # Each with the pool entry that opened it, if any. Strong references: a
+        # terminated connection must outlive its thread's last answer, or it is
+        # collected while still open (a ResourceWarning).
+        self.connections: list[tuple[Any, ConnectionPoolEntry | None]] = []
+
+
+class LoopEnds:
+    """Per event loop, one closer that runs on that loop as it shuts down.
+
+    It disposes of the engine handed to the loop, then closes the aiosqlite connections
+    opened on the loop and waits for their worker threads to end. A call cancelled
+    mid-statement, or mid-connect, when its loop ends with calls in flight, leaves the
+    connection's worker thread finishing that job and then answering the loop that
+    asked. The loop must outlive that answer, so every connection is known from the
+    moment it is made, not once it is connected, and a loop that opens one gets its
+    closer then, even if it reached the engine without the cache (``cache.async_engine``
+    used directly).
+
+    One closer per loop, made once and kept as long as the loop: a second one would
+    close the same connections concurrently, and a replaced one would be collected while
+    its loop still runs, which asyncio answers by finalizing it at once, closing the
+    loop's connections under the statements using them.
     """
 
     def __init__(self) -> None:
-        # Strong references: a terminated connection must outlive its thread's last
-        # answer, or it is collected while still open (a ResourceWarning).
-        self._by_loop: PerLoop[list[Any]] = PerLoop(list)
+        self._lock = threading.Lock()
+        self._ends: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopEnd] = (
+            weakref.WeakKeyDictionary()
+        )
+        # The loop holds its async generators weakly: they live here, as long as it.
+        self._closers: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, AsyncGenerator[None, None]
+        ] = weakref.WeakKeyDictionary()
 
-    def route(self, _dialect: object, _record: object, _args: object, params: Any) -> None:
+    def _here(self) -> _LoopEnd:
+        """The running loop's, made (and its closer started) on first use."""
+        loop = asyncio.get_running_loop()
+        end = self._ends.get(loop)
+        if end is None:
+            with self._lock:
+                end = self._ends.get(loop)
+                if end is None:
+                    end = self._ends[loop] = _LoopEnd()
+                    self._closers[loop] = _until_loop_end(end)
+        return end
+
+    def close_at_end(self, engine: AsyncEngine) -> None:
+        """Dispose of ``engine``, the running loop's (and only its), as the loop ends."""
+        end = self._here()
+        assert end.engine in (None, engine), "a loop is handed one engine"
+        end.engine = engine
+
+    def route(
+        self, _dialect: object, record: ConnectionPoolEntry, _args: object, params: Any
+    ) -> None:
         """``do_connect`` listener: have SQLAlchemy open aiosqlite through ``connect``."""
-        params.setdefault("async_creator_fn", self.connect)
+        params.setdefault("async_creator_fn", functools.partial(self.connect, record))
 
-    def connect(self, *args: Any, **kwargs: Any) -> Any:
+    def connect(self, record: ConnectionPoolEntry, *args: Any, **kwargs: Any) -> Any:
         """Open an aiosqlite connection (awaitable) and remember it under its loop."""
         import aiosqlite  # only reached on aiosqlite engines
 
@@ -151,20 +200,14 @@ class AiosqliteWorkers:
         # skips this for an async_creator_fn): a worker thread never keeps the process
         # alive. Private API: aiosqlite has no public way to reach its thread.
         connection._thread.daemon = True
-        self.adopt(connection)
+        self.adopt(connection, record)
         return connection
 
-    def adopt(self, connection: Any) -> None:
+    def adopt(self, connection: Any, record: ConnectionPoolEntry | None = None) -> None:
         """Have the running loop stop ``connection``'s worker thread before it ends."""
-        connections = self._by_loop.get()
-        connections[:] = [c for c in connections if _worker_alive(c)]
-        connections.append(connection)
-
-    async def stop_all(self) -> None:
-        """Close this loop's aiosqlite connections and wait for their threads to end."""
-        connections = self._by_loop.get()
-        while connections:
-            await _stop_worker(connections.pop())
+        connections = self._here().connections
+        connections[:] = [c for c in connections if _worker_alive(c[0])]
+        connections.append((connection, record))
 
 
 def _worker_alive(connection: Any) -> bool:
@@ -172,7 +215,15 @@ def _worker_alive(connection: Any) -> bool:
     return thread is not None and thread.is_alive()
 
 
-async def _stop_worker(connection: Any) -> None:
+async def _stop_worker(connection: Any, record: ConnectionPoolEntry | None) -> None:
+    if record is not None and record.driver_connection is connection:
+        # Still in a pool that was not disposed of (the engine reached directly, not
+        # through the cache): the pool forgets it, and its next checkout, on whatever
+        # loop, opens a fresh connection instead of finding this one closed. Outside
+        # SQLAlchemy's greenlet, invalidating stops the worker without waiting for it.
+        with contextlib.suppress(Exception):
+            record.invalidate()
+    # Private API: aiosqlite has no public "is it open" nor a way to wait for its thread.
     if not _worker_alive(connection):
         return
     if getattr(connection, "_running", False):  # open, and SQLAlchemy no longer holds it
@@ -184,10 +235,8 @@ async def _stop_worker(connection: Any) -> None:
     await asyncio.to_thread(connection._thread.join, WORKER_STOP_TIMEOUT_S)
 
 
-async def _close_at_loop_end(
-    engine: AsyncEngine, workers: AiosqliteWorkers
-) -> AsyncGenerator[None, None]:
-    """Suspended until its event loop shuts down, then closes ``engine``'s connections.
+async def _close_at_loop_end(end: _LoopEnd) -> AsyncGenerator[None, None]:
+    """Suspended until its event loop shuts down, then closes what ``end`` lists.
 
     ``asyncio.run`` (and every ``asyncio.Runner``) finalizes the async generators of its
     loop after cancelling the tasks left and before closing the loop: the last moment
@@ -198,14 +247,18 @@ async def _close_at_loop_end(
     try:
         yield
     finally:
-        with contextlib.suppress(Exception):
-            await engine.dispose()
-        await workers.stop_all()
+        if end.engine is not None:
+            with contextlib.suppress(Exception):
+                await end.engine.dispose()
+        # In turn, never two closes of one connection at once: aiosqlite's second stop
+        # would wait for a thread the first one ended.
+        while end.connections:
+            await _stop_worker(*end.connections.pop())
 
 
-def _until_loop_end(engine: AsyncEngine, workers: AiosqliteWorkers) -> AsyncGenerator[None, None]:
+def _until_loop_end(end: _LoopEnd) -> AsyncGenerator[None, None]:
     """Start ``_close_at_loop_end`` on the running loop (it registers with it)."""
-    generator = _close_at_loop_end(engine, workers)
+    generator = _close_at_loop_end(end)
     with contextlib.suppress(StopIteration):
         generator.asend(None).send(None)  # runs to its yield without suspending
     return generator
@@ -237,14 +290,10 @@ class LoopEngines:
         self._clones: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncEngine] = (
             weakref.WeakKeyDictionary()
         )
-        self._workers = AiosqliteWorkers()
+        self._ends = LoopEnds()
         if owned and base.dialect.driver == "aiosqlite":
             # On the dialect, which the per-loop clones share.
-            event.listen(base.sync_engine, "do_connect", self._workers.route)
-        # The loop holds its async generators weakly: they live here, as long as it.
-        self._loop_ends: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, AsyncGenerator[None, None]
-        ] = weakref.WeakKeyDictionary()
+            event.listen(base.sync_engine, "do_connect", self._ends.route)
 
     def get(self) -> AsyncEngine:
         """The engine for the running event loop."""
@@ -259,23 +308,18 @@ class LoopEngines:
             if owner is loop:
                 return self.base
             for gone in [other for other in self._clones if other.is_closed()]:
-                drop_pool(self._clones.pop(gone), gone, self._workers)
+                drop_pool(self._clones.pop(gone), gone, self._ends)
             if owner is None or owner.is_closed():
                 if owner is not None:
                     # Its connections died with their loop.
-                    drop_pool(self.base, owner, self._workers)
+                    drop_pool(self.base, owner, self._ends)
                 self._base_loop = weakref.ref(loop)
                 if self._owned:
-                    self._close_at_end_of(loop, self.base)
+                    self._ends.close_at_end(self.base)
                 return self.base
             clone = self._clones[loop] = clone_engine(self.base)
-            self._close_at_end_of(loop, clone)
+            self._ends.close_at_end(clone)
             return clone
-
-    def _close_at_end_of(self, loop: asyncio.AbstractEventLoop, engine: AsyncEngine) -> None:
-        # A loop is handed one engine, once (see the class docstring): never replaced.
-        assert loop not in self._loop_ends, "a loop's closer is made once"
-        self._loop_ends[loop] = _until_loop_end(engine, self._workers)
 
     def engines(self) -> list[tuple[AsyncEngine, asyncio.AbstractEventLoop | None]]:
         """Every engine handed out so far, with the loop it serves (None if gone)."""
