@@ -154,6 +154,41 @@ def test_a_loop_reaching_the_engine_directly_leaves_no_closed_connection_pooled(
     cache.close()
 
 
+def test_a_loop_keeps_its_engine_when_the_first_loop_ends(make_cache: CacheFactory) -> None:
+    # The first loop (thread "first") gets the cache's engine, a loop beside it (thread
+    # "second") a clone of its own. When the first loop has ended, the second one keeps
+    # its clone and its connections: none is closed under its running statements.
+    cache = make_cache(timeout=None, local_max_bytes=0)  # no deadline: a hang would show
+    first_served, second_served = threading.Event(), threading.Event()
+
+    def first(_: int) -> None:
+        async def run() -> None:
+            await cache.aupdate("first", LLM, value("first"))
+            first_served.set()
+            await asyncio.to_thread(second_served.wait, 60)
+
+        asyncio.run(run())
+
+    def second(_: int) -> None:
+        async def run() -> None:
+            await asyncio.to_thread(first_served.wait, 60)
+            await cache.aupdate("second", LLM, value("second"))
+            second_served.set()
+            assert await asyncio.to_thread(join_first) == []  # the first loop has ended
+            for round_ in range(3):
+                keys = [f"r{round_}-{i}" for i in range(50)]
+                await asyncio.gather(*(cache.aupdate(k, LLM, value(k)) for k in keys))
+                hits = await asyncio.gather(*(cache.alookup(k, LLM) for k in keys))
+                assert hits == [value(k) for k in keys]
+
+        asyncio.run(run())
+
+    join_first = start_threads(first, 1)
+    assert start_threads(second, 1)() == []
+    assert cache.stats().errors == 0
+    assert cache.lookup("first", LLM) == value("first")
+
+
 def test_threads_each_running_their_own_loop_share_a_cache(make_cache: CacheFactory) -> None:
     cache = make_cache(local_max_bytes=0)  # no tier: each loop's own engine reaches the table
 
