@@ -273,11 +273,11 @@ class LoopEngines:
     itself. Loops that run beside it get clones, dropped with their loop.
 
     A loop keeps the one engine it was first handed until it ends: a loop with a clone
-    does not take the caller's engine over when its owner closes. Each loop has exactly
-    one loop-end closer (``_close_at_loop_end``), made with that engine and kept as long
-    as the loop: replaced, the old closer would be collected while its loop still runs,
-    and asyncio then finalizes it at once, closing that loop's aiosqlite connections
-    under the statements still using them.
+    does not take the caller's engine over when its owner closes (it used to, and the
+    closer made for its clone was replaced, collected while the loop still ran, and so
+    finalized at once: the loop's aiosqlite connections were closed under running
+    statements). The loop's one closer (``LoopEnds``) disposes of that engine as the
+    loop ends.
     """
 
     def __init__(self, base: AsyncEngine, *, owned: bool = True) -> None:
