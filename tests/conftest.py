@@ -164,7 +164,8 @@ def proxied_cache(postgres_url: str) -> Iterator[tuple[SQLAlchemyCache, PgProxy]
 
 def start_threads(target: Callable[[int], object], count: int) -> Callable[[], list[BaseException]]:
     """Start ``target(0)`` .. ``target(count - 1)`` in threads; return a join that lists
-    what they raised (call it via ``asyncio.to_thread`` from async code)."""
+    what they raised, and a TimeoutError for each still running after 120 s (call it via
+    ``asyncio.to_thread`` from async code)."""
     errors: list[BaseException] = []
 
     def guarded(i: int) -> None:
@@ -180,7 +181,11 @@ def start_threads(target: Callable[[int], object], count: int) -> Callable[[], l
     def join() -> list[BaseException]:
         for thread in threads:
             thread.join(120)
-        return errors
+        # A thread still running is a hang, not a success.
+        hung = [
+            TimeoutError(f"{thread.name} still running") for thread in threads if thread.is_alive()
+        ]
+        return errors + hung
 
     return join
 

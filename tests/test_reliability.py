@@ -95,11 +95,10 @@ def test_alternating_asyncio_runs_on_one_cache(cache: SQLAlchemyCache) -> None:
     assert cache.lookup("p", LLM) == value("4")
 
 
-@pytest.mark.xfail(reason="known defect, open: SQLite per-loop engine lifecycle (see below)")
 def test_a_finished_loops_sqlite_connections_are_closed(tmp_path: Path) -> None:
-    # Each aiosqlite connection owns a thread and an open file. When a later loop finds
-    # the earlier one closed, its idle connections are terminated then, not left to the
-    # garbage collector: one run's thread at a time, not one more per asyncio.run.
+    # Each aiosqlite connection owns a thread and an open file. A loop's connections are
+    # closed on that loop as it shuts down, their threads ended before asyncio.run
+    # returns: none left for the garbage collector, none accumulating across runs.
     others = set(threading.enumerate())  # threads of other tests' caches
 
     def aiosqlite_threads() -> set[threading.Thread]:
@@ -108,18 +107,17 @@ def test_a_finished_loops_sqlite_connections_are_closed(tmp_path: Path) -> None:
 
     # The tier off: each run's lookup must reach the database through its own loop.
     cache = SQLAlchemyCache(f"sqlite:///{tmp_path / 'runs.db'}", local_max_bytes=0)
-    # Known defect, open (see test_concurrent_batches_over_the_same_keys_do_not_deadlock):
-    # the per-loop engine lifecycle on SQLite is not reliable since the deadlines and the
-    # loop-end clean-up were merged; this test failed in CI (0 worker threads where 1).
+
+    async def in_one_run(call: Any) -> tuple[Any, int]:
+        result = await call
+        return result, len(aiosqlite_threads())  # this run's own, pooled connection
+
     for i in range(6):
-        for run in (cache.aupdate(f"p{i}", LLM, value(str(i))), cache.alookup(f"p{i}", LLM)):
-            earlier = aiosqlite_threads()  # the threads of the last run's loop, now closed
-            assert len(earlier) <= 1
-            result = asyncio.run(run)
-            for thread in earlier:  # told to stop by this run; it finishes its last item
-                thread.join(60)
-                assert not thread.is_alive()
-            assert len(aiosqlite_threads()) == 1  # this run's own connection
+        for call in (cache.aupdate(f"p{i}", LLM, value(str(i))), cache.alookup(f"p{i}", LLM)):
+            assert aiosqlite_threads() == set()
+            result, during = asyncio.run(in_one_run(call))
+            assert during == 1
+            assert aiosqlite_threads() == set()  # closed, its thread joined, at loop end
         assert result == value(str(i))
 
     async def close() -> None:
@@ -128,13 +126,70 @@ def test_a_finished_loops_sqlite_connections_are_closed(tmp_path: Path) -> None:
     asyncio.run(close())
 
 
-def test_threads_each_running_their_own_loop_share_a_cache(
-    make_cache: CacheFactory, request: pytest.FixtureRequest
+def test_a_loop_reaching_the_engine_directly_leaves_no_closed_connection_pooled(
+    tmp_path: Path,
 ) -> None:
-    if "sqlite" in request.node.name:
-        # The known open defect of test_concurrent_batches_over_the_same_keys_do_not_deadlock:
-        # without a deadline this hung on Python 3.10; with one, a call can end as an error.
-        request.applymarker(pytest.mark.xfail(reason="SQLite per-loop engines: known defect"))
+    # cache.async_engine used on a loop the cache never served: that loop still closes
+    # the aiosqlite connection it opened (its thread ended before asyncio.run returns),
+    # and the pool forgets it, so the next loop's calls open a fresh one.
+    others = set(threading.enumerate())
+
+    def aiosqlite_threads() -> set[threading.Thread]:
+        alive = set(threading.enumerate()) - others
+        return {t for t in alive if "_connection_worker_thread" in t.name}
+
+    cache = SQLAlchemyCache(f"sqlite:///{tmp_path / 'direct.db'}", local_max_bytes=0)
+
+    async def direct() -> Any:
+        async with cache.async_engine.connect() as connection:
+            return (await connection.exec_driver_sql("SELECT 1")).scalar()
+
+    for i in range(3):
+        assert asyncio.run(direct()) == 1
+        assert aiosqlite_threads() == set()
+        asyncio.run(cache.aupdate(f"p{i}", LLM, value(str(i))))
+        assert asyncio.run(cache.alookup(f"p{i}", LLM)) == value(str(i))
+        assert aiosqlite_threads() == set()
+    assert cache.stats().errors == 0
+    cache.close()
+
+
+def test_a_loop_keeps_its_engine_when_the_first_loop_ends(make_cache: CacheFactory) -> None:
+    # The first loop (thread "first") gets the cache's engine, a loop beside it (thread
+    # "second") a clone of its own. When the first loop has ended, the second one keeps
+    # its clone and its connections: none is closed under its running statements.
+    cache = make_cache(timeout=None, local_max_bytes=0)  # no deadline: a hang would show
+    first_served, second_served = threading.Event(), threading.Event()
+
+    def first(_: int) -> None:
+        async def run() -> None:
+            await cache.aupdate("first", LLM, value("first"))
+            first_served.set()
+            await asyncio.to_thread(second_served.wait, 60)
+
+        asyncio.run(run())
+
+    def second(_: int) -> None:
+        async def run() -> None:
+            await asyncio.to_thread(first_served.wait, 60)
+            await cache.aupdate("second", LLM, value("second"))
+            second_served.set()
+            assert await asyncio.to_thread(join_first) == []  # the first loop has ended
+            for round_ in range(3):
+                keys = [f"r{round_}-{i}" for i in range(50)]
+                await asyncio.gather(*(cache.aupdate(k, LLM, value(k)) for k in keys))
+                hits = await asyncio.gather(*(cache.alookup(k, LLM) for k in keys))
+                assert hits == [value(k) for k in keys]
+
+        asyncio.run(run())
+
+    join_first = start_threads(first, 1)
+    assert start_threads(second, 1)() == []
+    assert cache.stats().errors == 0
+    assert cache.lookup("first", LLM) == value("first")
+
+
+def test_threads_each_running_their_own_loop_share_a_cache(make_cache: CacheFactory) -> None:
     cache = make_cache(local_max_bytes=0)  # no tier: each loop's own engine reaches the table
 
     def thread_main(t: int) -> None:
@@ -212,17 +267,7 @@ async def test_tasks_and_threads_writing_one_new_key(acache: SQLAlchemyCache) ->
         assert connection.execute(select(func.count()).select_from(table)).scalar() == 1
 
 
-def test_concurrent_batches_over_the_same_keys_do_not_deadlock(
-    make_cache: CacheFactory, request: pytest.FixtureRequest
-) -> None:
-    if "sqlite" in request.node.name:
-        # Known defect, open: with 20 threads each running its own event loop on one
-        # SQLite cache, one loop's aiosqlite connection is now and then closed under it
-        # ("Cannot operate on a closed database"), and closing it again waits for a
-        # worker thread that has ended: without a deadline the call never returns. The
-        # default deadline ends such calls (as errors), so the test fails instead of
-        # hanging the run.
-        request.applymarker(pytest.mark.xfail(reason="SQLite per-loop engines: see above"))
+def test_concurrent_batches_over_the_same_keys_do_not_deadlock(make_cache: CacheFactory) -> None:
     cache = make_cache()
     keys = [f"k{i}" for i in range(50)]
     for key in keys:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
 import threading
 import weakref
 from collections.abc import AsyncGenerator, Callable
@@ -18,6 +19,7 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Engine, event
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from ._errors import ConfigurationError
 
@@ -83,22 +85,29 @@ def clone_engine(base: AsyncEngine) -> AsyncEngine:
     return AsyncEngine(twin)
 
 
-def drop_pool(engine: AsyncEngine, loop: asyncio.AbstractEventLoop | None) -> None:
+def drop_pool(
+    engine: AsyncEngine,
+    loop: asyncio.AbstractEventLoop | None,
+    ends: LoopEnds | None = None,
+) -> None:
     """Drop the pool of ``engine``, whose connections belong to ``loop``, without I/O.
 
     When ``loop`` is gone (or is this thread's running loop), idle connections are
     terminated first, as SQLAlchemy does for a connection the garbage collector finds:
     for aiosqlite that closes the file and ends its thread now, rather than whenever the
     collector gets there (warning about an unclosed connection, and reporting its thread
-    failing on the closed loop). Drivers whose sockets need their closed loop fail
-    quietly and are left to the collector. Connections of a loop still running in
-    another thread are never touched from this one.
+    failing on the closed loop). The thread reports its stop to the running loop: with
+    ``ends``, that loop waits for the thread at its own end. Drivers whose sockets
+    need their closed loop fail quietly and are left to the collector. Connections of a
+    loop still running in another thread are never touched from this one.
     """
     try:
         running = asyncio.get_running_loop()  # aiosqlite reports the stop to it
     except RuntimeError:
         running = None  # outside any loop: left to the garbage collector
     ours = loop is None or loop is running or loop.is_closed()
+    # Private API: Pool has no public way to take its idle connections out (dispose()
+    # closes them, which for an async driver needs their own, possibly closed, loop).
     idle = getattr(engine.sync_engine.pool, "_pool", None) if running and ours else None
     while idle is not None:
         try:
@@ -107,6 +116,8 @@ def drop_pool(engine: AsyncEngine, loop: asyncio.AbstractEventLoop | None) -> No
             break
         with contextlib.suppress(Exception):
             record.dbapi_connection.terminate()
+            if ends is not None:
+                ends.adopt(record.driver_connection)
     engine.sync_engine.dispose(close=False)
 
 
@@ -115,54 +126,110 @@ def drop_pool(engine: AsyncEngine, loop: asyncio.AbstractEventLoop | None) -> No
 WORKER_STOP_TIMEOUT_S = 30.0
 
 
-class AiosqliteWorkers:
-    """The aiosqlite connections opened on each event loop, from their very start.
+class _LoopEnd:
+    """What one event loop closes as it shuts down: its engine, its aiosqlite connections."""
 
-    A call cancelled mid-statement, or mid-connect, when its loop ends with calls in
-    flight, leaves the connection's worker thread finishing that job and then answering
-    the loop that asked. The loop must outlive that answer, so every connection is
-    known from the moment it is made, not once it is connected. A connect cancelled
-    while its worker was opening the file leaves the sqlite3 connection it opened to
-    no one (aiosqlite drops the answer): each connection's opened sqlite3 connections
-    are kept too, and closed once its worker has ended.
+    __slots__ = ("connections", "engine")
+
+    def __init__(self) -> None:
+        self.engine: AsyncEngine | None = None
+        # Each with the pool entry that opened it, if any. Strong references: a
+        # terminated connection must outlive its thread's last answer, or it is
+        # collected while still open (a ResourceWarning).
+        self.connections: list[tuple[_Worker, ConnectionPoolEntry | None]] = []
+
+
+class LoopEnds:
+    """Per event loop, one closer that runs on that loop as it shuts down.
+
+    It disposes of the engine handed to the loop, then closes the aiosqlite connections
+    opened on the loop and waits for their worker threads to end. A call cancelled
+    mid-statement, or mid-connect, when its loop ends with calls in flight, leaves the
+    connection's worker thread finishing that job and then answering the loop that
+    asked. The loop must outlive that answer, so every connection is known from the
+    moment it is made, not once it is connected, and a loop that opens one gets its
+    closer then, even if it reached the engine without the cache (``cache.async_engine``
+    used directly).
+
+    One closer per loop, made once and kept as long as the loop: a second one would
+    close the same connections concurrently, and a replaced one would be collected while
+    its loop still runs, which asyncio answers by finalizing it at once, closing the
+    loop's connections under the statements using them.
     """
 
     def __init__(self) -> None:
-        # Strong references: a terminated connection must outlive its thread's last
-        # answer, or it is collected while still open (a ResourceWarning).
-        self._by_loop: PerLoop[list[_Worker]] = PerLoop(list)
+        self._lock = threading.Lock()
+        self._ends: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopEnd] = (
+            weakref.WeakKeyDictionary()
+        )
+        # The loop holds its async generators weakly: they live here, as long as it.
+        self._closers: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, AsyncGenerator[None, None]
+        ] = weakref.WeakKeyDictionary()
 
-    def route(self, _dialect: object, _record: object, _args: object, params: Any) -> None:
+    def _here(self) -> _LoopEnd:
+        """The running loop's, made (and its closer started) on first use."""
+        loop = asyncio.get_running_loop()
+        end = self._ends.get(loop)
+        if end is None:
+            with self._lock:
+                end = self._ends.get(loop)
+                if end is None:
+                    end = self._ends[loop] = _LoopEnd()
+                    self._closers[loop] = _until_loop_end(end)
+        return end
+
+    def close_at_end(self, engine: AsyncEngine) -> None:
+        """Dispose of ``engine``, the running loop's (and only its), as the loop ends."""
+        end = self._here()
+        assert end.engine in (None, engine), "a loop is handed one engine"
+        end.engine = engine
+
+    def route(
+        self, _dialect: object, record: ConnectionPoolEntry, _args: object, params: Any
+    ) -> None:
         """``do_connect`` listener: have SQLAlchemy open aiosqlite through ``connect``."""
-        params.setdefault("async_creator_fn", self.connect)
+        params.setdefault("async_creator_fn", functools.partial(self.connect, record))
 
-    def connect(self, *args: Any, **kwargs: Any) -> Any:
+    def connect(self, record: ConnectionPoolEntry, *args: Any, **kwargs: Any) -> Any:
         """Open an aiosqlite connection (awaitable) and remember it under its loop."""
         import aiosqlite  # only reached on aiosqlite engines
 
-        worker = _Worker(aiosqlite.connect(*args, **kwargs))
-        workers = self._by_loop.get()
-        for ended in [w for w in workers if not _worker_alive(w.connection)]:
-            ended.close_opened()
-        workers[:] = [w for w in workers if _worker_alive(w.connection)]
-        workers.append(worker)
+        worker = _Worker(aiosqlite.connect(*args, **kwargs), track=True)
+        # As SQLAlchemy's aiosqlite dialect does for the connections it opens itself (it
+        # skips this for an async_creator_fn): a worker thread never keeps the process
+        # alive. Private API: aiosqlite has no public way to reach its thread.
+        worker.connection._thread.daemon = True
+        self._keep(worker, record)
         return worker.connection
 
-    async def stop_all(self) -> None:
-        """Close this loop's aiosqlite connections and wait for their threads to end."""
-        workers = self._by_loop.get()
-        while workers:
-            await _stop_worker(workers.pop())
+    def adopt(self, connection: Any) -> None:
+        """Have the running loop stop ``connection``'s worker thread before it ends."""
+        self._keep(_Worker(connection, track=False), None)
+
+    def _keep(self, worker: _Worker, record: ConnectionPoolEntry | None) -> None:
+        connections = self._here().connections
+        for ended, _ in connections:
+            if not _worker_alive(ended.connection):
+                ended.close_opened()
+        connections[:] = [c for c in connections if _worker_alive(c[0].connection)]
+        connections.append((worker, record))
 
 
 class _Worker:
-    """An aiosqlite connection and the sqlite3 connections its worker thread opened."""
+    """An aiosqlite connection and the sqlite3 connections its worker thread opened.
 
-    def __init__(self, connection: Any) -> None:
+    A connect cancelled while the worker was opening the file leaves the sqlite3
+    connection it opened to no one (aiosqlite drops the answer): they are kept here and
+    closed once the worker has ended.
+    """
+
+    def __init__(self, connection: Any, *, track: bool) -> None:
         self.connection = connection
         self.opened: list[Any] = []
-        connector = getattr(connection, "_connector", None)  # run in the worker thread
-        if connector is None:  # an aiosqlite that builds its connections otherwise
+        # Private API: aiosqlite has no hook on the sqlite3 connection its thread opens.
+        connector = getattr(connection, "_connector", None) if track else None
+        if connector is None:  # already connected, or an aiosqlite built otherwise
             return
 
         def connect_and_keep() -> Any:
@@ -184,8 +251,16 @@ def _worker_alive(connection: Any) -> bool:
     return thread is not None and thread.is_alive()
 
 
-async def _stop_worker(worker: _Worker) -> None:
+async def _stop_worker(worker: _Worker, record: ConnectionPoolEntry | None) -> None:
     connection = worker.connection
+    if record is not None and record.driver_connection is connection:
+        # Still in a pool that was not disposed of (the engine reached directly, not
+        # through the cache): the pool forgets it, and its next checkout, on whatever
+        # loop, opens a fresh connection instead of finding this one closed. Outside
+        # SQLAlchemy's greenlet, invalidating stops the worker without waiting for it.
+        with contextlib.suppress(Exception):
+            record.invalidate()
+    # Private API: aiosqlite has no public "is it open" nor a way to wait for its thread.
     if _worker_alive(connection):
         if getattr(connection, "_running", False):  # open, and SQLAlchemy no longer holds it
             with contextlib.suppress(Exception):
@@ -198,10 +273,8 @@ async def _stop_worker(worker: _Worker) -> None:
         worker.close_opened()
 
 
-async def _close_at_loop_end(
-    engine: AsyncEngine, workers: AiosqliteWorkers
-) -> AsyncGenerator[None, None]:
-    """Suspended until its event loop shuts down, then closes ``engine``'s connections.
+async def _close_at_loop_end(end: _LoopEnd) -> AsyncGenerator[None, None]:
+    """Suspended until its event loop shuts down, then closes what ``end`` lists.
 
     ``asyncio.run`` (and every ``asyncio.Runner``) finalizes the async generators of its
     loop after cancelling the tasks left and before closing the loop: the last moment
@@ -212,14 +285,18 @@ async def _close_at_loop_end(
     try:
         yield
     finally:
-        with contextlib.suppress(Exception):
-            await engine.dispose()
-        await workers.stop_all()
+        if end.engine is not None:
+            with contextlib.suppress(Exception):
+                await end.engine.dispose()
+        # In turn, never two closes of one connection at once: aiosqlite's second stop
+        # would wait for a thread the first one ended.
+        while end.connections:
+            await _stop_worker(*end.connections.pop())
 
 
-def _until_loop_end(engine: AsyncEngine, workers: AiosqliteWorkers) -> AsyncGenerator[None, None]:
+def _until_loop_end(end: _LoopEnd) -> AsyncGenerator[None, None]:
     """Start ``_close_at_loop_end`` on the running loop (it registers with it)."""
-    generator = _close_at_loop_end(engine, workers)
+    generator = _close_at_loop_end(end)
     with contextlib.suppress(StopIteration):
         generator.asend(None).send(None)  # runs to its yield without suspending
     return generator
@@ -228,10 +305,17 @@ def _until_loop_end(engine: AsyncEngine, workers: AiosqliteWorkers) -> AsyncGene
 class LoopEngines:
     """Hands out the AsyncEngine of the running event loop.
 
-    The engine the cache was given serves the first loop that uses it, and the next one
-    once that loop is closed (its stale pool is dropped first), so the common cases of a
-    single loop or of successive ``asyncio.run`` calls use the caller's engine itself.
-    Loops that run beside it get clones, dropped with their loop.
+    The engine the cache was given serves the first loop that uses it, and the next new
+    loop once that one is closed (its stale pool is dropped first), so the common cases
+    of a single loop or of successive ``asyncio.run`` calls use the caller's engine
+    itself. Loops that run beside it get clones, dropped with their loop.
+
+    A loop keeps the one engine it was first handed until it ends: a loop with a clone
+    does not take the caller's engine over when its owner closes (it used to, and the
+    closer made for its clone was replaced, collected while the loop still ran, and so
+    finalized at once: the loop's aiosqlite connections were closed under running
+    statements). The loop's one closer (``LoopEnds``) disposes of that engine as the
+    loop ends.
     """
 
     def __init__(self, base: AsyncEngine, *, owned: bool = True) -> None:
@@ -244,37 +328,35 @@ class LoopEngines:
         self._clones: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncEngine] = (
             weakref.WeakKeyDictionary()
         )
-        self._workers = AiosqliteWorkers()
+        self._ends = LoopEnds()
         if owned and base.dialect.driver == "aiosqlite":
             # On the dialect, which the per-loop clones share.
-            event.listen(base.sync_engine, "do_connect", self._workers.route)
-        # The loop holds its async generators weakly: they live here, as long as it.
-        self._loop_ends: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, AsyncGenerator[None, None]
-        ] = weakref.WeakKeyDictionary()
+            event.listen(base.sync_engine, "do_connect", self._ends.route)
 
     def get(self) -> AsyncEngine:
         """The engine for the running event loop."""
         loop = asyncio.get_running_loop()
         if self._base_loop is not None and self._base_loop() is loop:
             return self.base
+        clone = self._clones.get(loop)
+        if clone is not None:
+            return clone
         with self._lock:
             owner = self._base_loop() if self._base_loop is not None else None
-            for gone in [other for other in self._clones if other.is_closed()]:
-                drop_pool(self._clones.pop(gone), gone)
-            if owner is None or owner.is_closed():
-                if owner is not None:
-                    drop_pool(self.base, owner)  # its connections died with their loop
-                self._base_loop = weakref.ref(loop)
-                if self._owned:
-                    self._loop_ends[loop] = _until_loop_end(self.base, self._workers)
-                return self.base
             if owner is loop:
                 return self.base
-            clone = self._clones.get(loop)
-            if clone is None:
-                clone = self._clones[loop] = clone_engine(self.base)
-                self._loop_ends[loop] = _until_loop_end(clone, self._workers)
+            for gone in [other for other in self._clones if other.is_closed()]:
+                drop_pool(self._clones.pop(gone), gone, self._ends)
+            if owner is None or owner.is_closed():
+                if owner is not None:
+                    # Its connections died with their loop.
+                    drop_pool(self.base, owner, self._ends)
+                self._base_loop = weakref.ref(loop)
+                if self._owned:
+                    self._ends.close_at_end(self.base)
+                return self.base
+            clone = self._clones[loop] = clone_engine(self.base)
+            self._ends.close_at_end(clone)
             return clone
 
     def engines(self) -> list[tuple[AsyncEngine, asyncio.AbstractEventLoop | None]]:
