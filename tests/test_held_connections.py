@@ -5,8 +5,9 @@ never idle in a transaction, replaced after a drop or a cancellation, given back
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import psycopg
@@ -16,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from langchain_sqlalchemy_cache import SQLAlchemyCache
 
-from .conftest import drop_table, unique_table
+from .conftest import drop_table, proxied_engines, unique_table
 from .helpers import queue_pool, value
 from .pgproxy import PgProxy
 
@@ -51,6 +52,27 @@ def named_engines(postgres_url: str, name: str, driver: str = "asyncpg") -> tupl
         url.set(drivername="postgresql+psycopg"), connect_args={"application_name": name + "-sync"}
     )
     return async_engine, sync_engine
+
+
+@contextlib.asynccontextmanager
+async def proxied(
+    postgres_url: str, **options: Any
+) -> AsyncIterator[tuple[SQLAlchemyCache, PgProxy]]:
+    """A cache reaching PostgreSQL through a proxy whose replies the test holds back."""
+    with PgProxy(postgres_url) as proxy:
+        async_engine, sync_engine = proxied_engines(postgres_url, proxy)
+        table = unique_table()
+        cache = SQLAlchemyCache(
+            async_engine, sync_engine=sync_engine, table_name=table, local_max_bytes=0, **options
+        )
+        try:
+            yield cache, proxy
+        finally:
+            proxy.release_replies()
+            drop_table(cache, table)
+            await cache.aclose()
+            await async_engine.dispose()
+            sync_engine.dispose()
 
 
 @pytest.fixture(params=["asyncpg", "psycopg"])
@@ -137,79 +159,38 @@ async def test_a_dropped_held_connection_is_replaced_without_an_error(
 
 
 async def test_a_statement_cancelled_midway_is_never_held_again(postgres_url: str) -> None:
-    with PgProxy(postgres_url) as proxy:
-        url = make_url(postgres_url).set(host="127.0.0.1", port=proxy.port)
-        async_engine = create_async_engine(
-            url.set(drivername="postgresql+asyncpg"), connect_args={"ssl": False}
-        )
-        sync_engine = create_engine(
-            url.set(drivername="postgresql+psycopg"), connect_args={"sslmode": "disable"}
-        )
-        table = unique_table()
-        cache = SQLAlchemyCache(
-            async_engine, sync_engine=sync_engine, table_name=table, local_max_bytes=0
-        )
-        try:
-            await cache.aupdate("A", LLM, value("answer A"))
-            await cache.aupdate("B", LLM, value("answer B"))
-            [before] = held(cache)
-            proxy.hold_replies()
-            lookup = asyncio.ensure_future(cache.alookup("A", LLM))
-            await asyncio.to_thread(proxy.wait_until, lambda p: p.held == 1)
-            lookup.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await lookup
-            assert held(cache) == []
-            assert before.invalidated  # closed for good: its reply may still come
-            proxy.release_replies()
-            assert await cache.alookup("B", LLM) == value("answer B")
-            assert await cache.alookup("A", LLM) == value("answer A")
-            [after] = held(cache)
-            assert after is not before
-            assert cache.stats().errors == 0
-        finally:
-            proxy.release_replies()
-            drop_table(cache, table)
-            await cache.aclose()
-            await async_engine.dispose()
-            sync_engine.dispose()
+    async with proxied(postgres_url) as (cache, proxy):
+        await cache.aupdate("A", LLM, value("answer A"))
+        await cache.aupdate("B", LLM, value("answer B"))
+        [before] = held(cache)
+        proxy.hold_replies()
+        lookup = asyncio.ensure_future(cache.alookup("A", LLM))
+        await asyncio.to_thread(proxy.wait_until, lambda p: p.held == 1)
+        lookup.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await lookup
+        assert held(cache) == []
+        assert before.invalidated  # closed for good: its reply may still come
+        proxy.release_replies()
+        assert await cache.alookup("B", LLM) == value("answer B")
+        assert await cache.alookup("A", LLM) == value("answer A")
+        [after] = held(cache)
+        assert after is not before
+        assert cache.stats().errors == 0
 
 
 async def test_a_deadline_cut_off_replaces_the_held_connection(postgres_url: str) -> None:
-    with PgProxy(postgres_url) as proxy:
-        url = make_url(postgres_url).set(host="127.0.0.1", port=proxy.port)
-        async_engine = create_async_engine(
-            url.set(drivername="postgresql+asyncpg"), connect_args={"ssl": False}
-        )
-        sync_engine = create_engine(
-            url.set(drivername="postgresql+psycopg"), connect_args={"sslmode": "disable"}
-        )
-        table = unique_table()
-        cache = SQLAlchemyCache(
-            async_engine,
-            sync_engine=sync_engine,
-            table_name=table,
-            local_max_bytes=0,
-            timeout=0.5,
-            breaker_threshold=None,
-        )
-        try:
-            await cache.aupdate("A", LLM, value("answer A"))
-            [before] = held(cache)
-            proxy.hold_replies()
-            assert await cache.alookup("A", LLM) is None  # the deadline passed: a miss
-            assert cache.stats().timeouts == 1
-            assert held(cache) == []
-            assert before.invalidated
-            proxy.release_replies()
-            assert await cache.alookup("A", LLM) == value("answer A")
-            assert held(cache)[0] is not before
-        finally:
-            proxy.release_replies()
-            drop_table(cache, table)
-            await cache.aclose()
-            await async_engine.dispose()
-            sync_engine.dispose()
+    async with proxied(postgres_url, timeout=0.5, breaker_threshold=None) as (cache, proxy):
+        await cache.aupdate("A", LLM, value("answer A"))
+        [before] = held(cache)
+        proxy.hold_replies()
+        assert await cache.alookup("A", LLM) is None  # the deadline passed: a miss
+        assert cache.stats().timeouts == 1
+        assert held(cache) == []
+        assert before.invalidated
+        proxy.release_replies()
+        assert await cache.alookup("A", LLM) == value("answer A")
+        assert held(cache)[0] is not before
 
 
 async def test_aclose_returns_held_connections_to_the_pool(
