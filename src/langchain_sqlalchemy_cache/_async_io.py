@@ -12,7 +12,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ._deadline import discard
-from ._held import DriverStatement, HeldConnections, watched
+from ._engine_internals import DriverStatement, watched
+from ._held import HeldConnections
 from ._identity import PairCheck
 from ._loops import LoopEngines
 from ._retry import retry_delay

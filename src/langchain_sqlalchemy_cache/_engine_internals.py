@@ -1,23 +1,32 @@
-"""What ``create_engine`` was given, read back from an engine.
+"""Every use of SQLAlchemy's private API, each with the public API that is missing.
 
-Deriving the twin of a caller's engine needs the ``connect_args``, ``creator`` and pool
-settings the caller configured. SQLAlchemy has no public API that returns them:
-``connect_args`` survive only inside the closure of the ``connect`` function that
-``create_engine`` hands to the pool, and the creator and pool settings only in private
-attributes of the pool (``Pool.recreate()`` reads the same ones). Every use of those
-internals is in this module, each checked, so a SQLAlchemy release that moves them makes
-pairing refuse with a request for an explicit engine pair instead of guessing.
+- What ``create_engine`` was given, read back from an engine. Deriving the twin of a
+  caller's engine needs the ``connect_args``, ``creator`` and pool settings the caller
+  configured. SQLAlchemy has no public API that returns them: ``connect_args`` survive
+  only inside the closure of the ``connect`` function that ``create_engine`` hands to
+  the pool, and the creator and pool settings only in private attributes of the pool
+  (``Pool.recreate()`` reads the same ones).
+- Whether a connection held since its checkout may still be used (the pool's checks).
+- Running a compiled statement on SQLAlchemy's asyncpg adapter without the execution
+  context (the lean hot path's driver path).
+- An engine's root, and taking idle connections out of a pool without closing them.
+
+Each use is checked, so a SQLAlchemy release that moves these internals makes pairing
+refuse with a request for an explicit engine pair, and turns the driver path off,
+instead of guessing. Other libraries' private API (aiosqlite's worker thread) is used
+in ``_loops.py``, commented where it is.
 """
 
 from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, Executable
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, NullPool, Pool, QueuePool
 
 
@@ -179,3 +188,144 @@ def held_connection_fresh(connection: Any, pool: Pool) -> bool:
         return not (recycle > -1 and time.time() - started > recycle)
     except (AttributeError, TypeError, ValueError):
         return False
+
+
+# Running a statement on the driver itself.
+
+
+class DriverStatement:
+    """A Core statement compiled once, run on asyncpg through SQLAlchemy's adapter.
+
+    The statement stays SQLAlchemy's (compiled by its dialect, parameters bound by its
+    compiled form, prepared and cached by its asyncpg adapter, which also honours the
+    engine's ``prepared_statement_cache_size`` and ``prepared_statement_name_func``):
+    what is skipped is the per-call execution context, result object and greenlet
+    switch. Rows come back as driver records, read by position. Any error is left to
+    the caller, which runs the statement again the ordinary way (every cache statement
+    is idempotent): SQLAlchemy then classifies it (dropped connection, read-only
+    server, lock conflict, vanished table) and retries as usual.
+    """
+
+    __slots__ = ("_binds", "_compiled", "_dialect", "_sql")
+
+    def __init__(self, compiled: Any, dialect: Any) -> None:
+        self._compiled = compiled
+        self._dialect = dialect
+        self._sql: str = compiled.string
+        # Each positional parameter with its type's bind processor, as SQLAlchemy's
+        # execution context applies them (DefaultExecutionContext._init_compiled).
+        processors = compiled._bind_processors
+        self._binds: tuple[tuple[str, Any], ...] = tuple(
+            (name, processors.get(name)) for name in compiled.positiontup
+        )
+
+    @classmethod
+    def build(cls, statement: Executable, engine: AsyncEngine) -> DriverStatement | None:
+        """The driver form of ``statement`` on ``engine``, or None where it has none."""
+        dialect = engine.dialect
+        if dialect.driver != "asyncpg" or not _adapter_readable():
+            return None
+        compiled: Any = statement.compile(dialect=dialect)  # type: ignore[attr-defined]
+        if (
+            not hasattr(compiled, "_bind_processors")
+            or compiled.literal_execute_params
+            or compiled.post_compile_params
+            or compiled.positiontup is None
+        ):
+            return None
+        return cls(compiled, dialect)
+
+    async def run(self, connection: AsyncConnection, params: Any, *, rows: bool) -> Any:
+        """Run on ``connection``; return its rows, or its row count."""
+        adapted: Any = connection.sync_connection.connection.dbapi_connection  # type: ignore[union-attr]
+        cursor = adapted.cursor()
+        # What the dialect's execution context sets before each statement: prepared
+        # statements older than the last DDL this process ran are prepared again.
+        cursor._invalidate_schema_cache_asof = self._dialect._invalidate_schema_cache_asof
+        try:  # every parameter given: the cache's own statements
+            values = params
+            positional = [
+                values[name] if process is None else process(values[name])
+                for name, process in self._binds
+            ]
+        except KeyError:  # some from the statement itself (a literal's bind)
+            values = self._compiled.construct_params(params, _check=False)
+            positional = [
+                values[name] if process is None else process(values[name])
+                for name, process in self._binds
+            ]
+        await cursor._prepare_and_execute(self._sql, positional)
+        if rows:
+            return list(cursor._rows)
+        return int(cursor._rowcount)
+
+
+def _adapter_readable() -> bool:
+    """Whether SQLAlchemy's asyncpg adapter has the private parts the driver path uses.
+
+    No public API runs a compiled statement on the adapter without the execution
+    context: ``_prepare_and_execute`` (the coroutine its cursor's ``execute`` awaits),
+    the rows and row count it leaves in ``_rows`` and ``_rowcount``, and the schema
+    cache timestamp the execution context sets. A release that moves them turns the
+    driver path off (SQLAlchemy's ordinary path runs every statement), never wrong.
+    """
+    try:
+        from sqlalchemy.dialects.postgresql.asyncpg import (
+            AsyncAdapt_asyncpg_cursor,
+            PGDialect_asyncpg,
+        )
+    except ImportError:
+        return False
+    slots = getattr(AsyncAdapt_asyncpg_cursor, "__slots__", ())
+    return (
+        callable(getattr(AsyncAdapt_asyncpg_cursor, "_prepare_and_execute", None))
+        and "_invalidate_schema_cache_asof" in slots
+        and hasattr(PGDialect_asyncpg, "_invalidate_schema_cache_asof")
+        and hasattr(AsyncAdapt_asyncpg_cursor, "_rows")
+    )
+
+
+def watched(engine: AsyncEngine) -> bool:
+    """Whether a listener on ``engine`` watches statements (before/after execute).
+
+    Such a listener (tracing, statement counting) must see every statement, so none
+    runs on the driver path while one is attached.
+    """
+    dispatch: Any = engine.sync_engine.dispatch
+    return any(
+        len(getattr(dispatch, name))
+        for name in (
+            "before_execute",
+            "after_execute",
+            "before_cursor_execute",
+            "after_cursor_execute",
+        )
+    )
+
+
+# Engines and pools.
+
+
+def root_engine(engine: Engine) -> Engine:
+    """The engine whose pool ``engine`` uses: itself, or the parent it proxies.
+
+    An ``execution_options()`` copy proxies its parent (private ``_proxied``): no public
+    accessor returns that parent.
+    """
+    root: Engine = getattr(engine, "_proxied", engine)
+    return root
+
+
+def take_idle(pool: Pool) -> Iterator[Any]:
+    """Take the idle connection records out of ``pool``, one at a time.
+
+    Private ``_pool`` (the queue of a ``QueuePool``): no public API takes idle
+    connections out without closing them, and ``dispose()`` closes them, which for an
+    async driver needs their own, possibly closed, event loop. Nothing for other pools.
+    """
+    idle = getattr(pool, "_pool", None)
+    while idle is not None:
+        try:
+            yield idle.get_nowait()
+        except Exception:  # Empty, or a pool without a queue
+            return

@@ -17,10 +17,11 @@ import weakref
 from collections.abc import AsyncGenerator, Callable
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Engine, event
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from ._engine_internals import root_engine, take_idle
 from ._errors import ConfigurationError
 
 T = TypeVar("T")
@@ -77,7 +78,7 @@ def clone_engine(base: AsyncEngine) -> AsyncEngine:
     """The same engine (dialect, URL, options, event listeners) on a pool of its own."""
     sync = base.sync_engine
     # An engine made by execution_options() proxies its parent's pool; clone the parent.
-    root: Engine = getattr(sync, "_proxied", sync)
+    root = root_engine(sync)
     twin = copy.copy(root)
     twin.pool = root.pool.recreate()  # same settings and pool events, no connections
     if root is not sync:
@@ -106,14 +107,7 @@ def drop_pool(
     except RuntimeError:
         running = None  # outside any loop: left to the garbage collector
     ours = loop is None or loop is running or loop.is_closed()
-    # Private API: Pool has no public way to take its idle connections out (dispose()
-    # closes them, which for an async driver needs their own, possibly closed, loop).
-    idle = getattr(engine.sync_engine.pool, "_pool", None) if running and ours else None
-    while idle is not None:
-        try:
-            record = idle.get_nowait()
-        except Exception:  # Empty, or a pool without a queue
-            break
+    for record in take_idle(engine.sync_engine.pool) if running and ours else ():
         with contextlib.suppress(Exception):
             record.dbapi_connection.terminate()
             if ends is not None:
