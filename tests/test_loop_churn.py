@@ -62,6 +62,7 @@ def reports(monkeypatch: pytest.MonkeyPatch) -> Iterator[Reports]:
     monkeypatch.setattr(sys, "unraisablehook", unraisable_hook)
     # The test asserts reports.all() before this fixture's teardown: the warnings are read
     # there, from the live record (read after the yield, they were never asserted).
+    gc.collect()  # what earlier tests left to the collector warns now, not in this test
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         found.caught = caught
