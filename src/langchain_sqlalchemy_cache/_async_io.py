@@ -113,6 +113,12 @@ class AsyncExecutor:
                 except asyncio.CancelledError:
                     await self._held.cut_off(connection)
                     raise
+                except (AttributeError, TypeError, LookupError):
+                    # Not the database: SQLAlchemy's adapter is not what the driver path
+                    # reads. Off for this statement, or every call would pay for a new
+                    # connection; the ordinary path runs it now and from now on.
+                    self._driver_forms[(id(statement), id(engine.dialect))] = None
+                    await self._held.cut_off(connection)
                 except Exception:
                     # Never held again. The ordinary path runs the statement once more
                     # and SQLAlchemy classifies the error: retried, or raised.

@@ -257,7 +257,7 @@ class DriverStatement:
         await cursor._prepare_and_execute(self._sql, positional)
         if rows:
             return list(cursor._rows)
-        return int(cursor._rowcount)
+        return int(cursor.rowcount)  # an attribute up to SQLAlchemy 2.0, a property in 2.1
 
 
 def _adapter_readable() -> bool:
