@@ -44,6 +44,7 @@ class PgProxy:
         self.messages: Counter[str] = Counter()
         self.delay = 0.0  # seconds added before each chunk of the server's replies
         self.accepting = True
+        self._cuts = 0  # how many cut_all() calls so far
         self.upstream_ports: set[int] = set()  # our side of each server connection
         self._writers: set[asyncio.StreamWriter] = set()
         self._loop = asyncio.new_event_loop()
@@ -127,6 +128,7 @@ class PgProxy:
         """Drop every open connection, both ways, as a crashed server or network would."""
 
         async def cut() -> None:
+            self._cuts += 1  # connections still being set up are cut as they finish
             for writer in list(self._writers):
                 writer.transport.abort()
             self._writers.clear()
@@ -140,7 +142,14 @@ class PgProxy:
         if not self.accepting:
             client_w.transport.abort()
             return
+        cuts = self._cuts
         server_r, server_w = await asyncio.open_connection(*self.upstream)
+        if cuts != self._cuts or not self.accepting:
+            # Cut (or refused) while its upstream connection was being opened: without
+            # this it would outlive cut_all() and serve a "down" server's answers.
+            server_w.transport.abort()
+            client_w.transport.abort()
+            return
         port = server_w.get_extra_info("sockname")[1]
         self.upstream_ports.add(port)
         self._writers.update((client_w, server_w))
