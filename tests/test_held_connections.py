@@ -16,6 +16,7 @@ from sqlalchemy import create_engine, event, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from langchain_sqlalchemy_cache import SQLAlchemyCache
+from langchain_sqlalchemy_cache._engine_internals import DriverStatement
 
 from .conftest import drop_table, proxied_engines, unique_table
 from .helpers import queue_pool, value
@@ -254,3 +255,28 @@ def test_held_connections_are_closed_when_their_loop_ends(postgres_url: str) -> 
     drop_table(cache, table)
     cache.close()
     sync_engine.dispose()
+
+
+async def test_a_driver_path_that_does_not_fit_sqlalchemy_is_turned_off_not_retried(
+    named: tuple[SQLAlchemyCache, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As with an adapter whose private parts moved (SQLAlchemy 2.0's cursor had no
+    # _rowcount): each call used to fall back and replace its connection, silently.
+    cache, _ = named
+    await cache.aupdate("p", LLM, value("x"))
+
+    async def unfit(*args: Any, **kwargs: Any) -> Any:
+        raise AttributeError("_rowcount")
+
+    monkeypatch.setattr(DriverStatement, "run", unfit)
+    pool = queue_pool(cache.async_engine)
+    checkouts: list[object] = []
+    event.listen(pool, "checkout", lambda *args: checkouts.append(args))
+    for _ in range(10):
+        await cache.aupdate("p", LLM, value("x"))
+        assert await cache.alookup("p", LLM) == value("x")
+    # One replacement per statement (the upsert, the lookup) on asyncpg, then none.
+    assert len(checkouts) <= 2
+    assert cache.stats().errors == 0
+    await cache.aclose()
+    await cache.async_engine.dispose()

@@ -71,7 +71,7 @@ class AsyncExecutor:
     def _driver_form(self, statement: Executable, engine: AsyncEngine) -> DriverStatement | None:
         # Per dialect, which the per-loop engines share with their listeners. Keyed by
         # identity, the objects kept alive so that no id is ever reused.
-        key = (id(statement), id(engine.dialect))
+        key = _form_key(statement, engine)
         try:
             form = self._driver_forms[key]
         except KeyError:
@@ -117,7 +117,7 @@ class AsyncExecutor:
                     # Not the database: SQLAlchemy's adapter is not what the driver path
                     # reads. Off for this statement, or every call would pay for a new
                     # connection; the ordinary path runs it now and from now on.
-                    self._driver_forms[(id(statement), id(engine.dialect))] = None
+                    self._driver_forms[_form_key(statement, engine)] = None
                     await self._held.cut_off(connection)
                 except Exception:
                     # Never held again. The ordinary path runs the statement once more
@@ -191,3 +191,7 @@ class AsyncExecutor:
     def close(self) -> None:
         """``aclose`` outside the loop: held connections are ended without I/O."""
         self._held.close()
+
+
+def _form_key(statement: Executable, engine: AsyncEngine) -> tuple[int, int]:
+    return (id(statement), id(engine.dialect))
