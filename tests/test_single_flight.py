@@ -17,6 +17,7 @@ from langchain_sqlalchemy_cache import ConfigurationError, SQLAlchemyCache
 from langchain_sqlalchemy_cache._single_flight import Flights
 
 from .conftest import CacheFactory
+from .freezeproxy import closed_port
 from .helpers import eventually, value
 
 LLM = "fake-llm"
@@ -71,6 +72,62 @@ async def test_200_concurrent_calls_over_20_prompts_call_the_model_20_times(
     assert model.calls == dict.fromkeys(PROMPTS, 1)
     assert cache.stats().hits == 180
     assert len(flights(cache)) == 0
+    await cache.aclose()
+
+
+def unreachable_cache(**settings: Any) -> SQLAlchemyCache:
+    """A cache whose database refuses every connection at once."""
+    return SQLAlchemyCache(
+        f"postgresql://postgres@127.0.0.1:{closed_port()}/test",
+        single_flight=3600,  # only a store, or a filler's end, releases a waiter
+        local_max_bytes=0,
+        breaker_cooldown=600,
+        **settings,
+    )
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("breaker", ["closed", "open"])
+async def test_lookups_the_database_cannot_answer_still_call_the_model_once_per_prompt(
+    breaker: str,
+) -> None:
+    # Every lookup fails (or is short-circuited) and so does every store: the waiters
+    # get the filler's answer all the same, from memory of the flight, not the table.
+    cache = unreachable_cache(breaker_threshold=1 if breaker == "open" else 1000)
+    if breaker == "open":
+        # In a task of its own: it fills that key, and its end frees it.
+        assert await asyncio.create_task(cache.alookup("opens the breaker", LLM)) is None
+        assert cache.stats().breaker == "open"
+    model = SlowModel(cache=cache)
+    prompts = [PROMPTS[i % 20] for i in range(200)]
+    answers = await asyncio.gather(*(model.ainvoke(p) for p in prompts))
+    assert [a.content for a in answers] == [f"echo: {p}" for p in prompts]
+    assert model.calls == dict.fromkeys(PROMPTS, 1)
+    stats = cache.stats()
+    assert (stats.hits, stats.misses, stats.writes) == (180, 0, 0)
+    if breaker == "open":  # 200 lookups and 20 updates answered without a statement
+        assert (stats.errors, stats.short_circuited) == (1, 220)
+    else:
+        assert (stats.errors, stats.short_circuited) == (220, 0)
+    assert len(flights(cache)) == 0
+    await cache.aclose()
+
+
+@pytest.mark.timeout(60)
+async def test_a_sync_lookup_the_database_cannot_answer_waits_for_the_filler() -> None:
+    cache = unreachable_cache()
+    assert cache.lookup("p", LLM) is None  # fails; this thread fills "p"
+    got: list[object] = []
+    thread = threading.Thread(target=lambda: got.append(cache.lookup("p", LLM)))
+    thread.start()
+    await eventually(lambda: flights(cache).waiting() == 1, "the thread waiting")
+    cache.update("p", LLM, value("filled"))  # fails too; the waiter gets the answer
+    await asyncio.to_thread(thread.join, 30)
+    assert got == [value("filled")]
+    stats = cache.stats()
+    # The waiter found "p" in flight before sending anything: only the filler's two
+    # statements failed.
+    assert (stats.hits, stats.misses, stats.errors) == (1, 0, 2)
     await cache.aclose()
 
 

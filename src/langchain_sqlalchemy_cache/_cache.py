@@ -264,7 +264,9 @@ class SQLAlchemyCache(BaseCache):
                 ``True`` waits up to 60 s, a number or ``timedelta`` that long; when
                 the filler ends without storing (its model failed) or runs out of
                 time, one waiter is released to fill and the others keep waiting.
-                ``False`` (the default): every miss returns at once.
+                A lookup the database does not answer (an error or an open breaker)
+                takes part the same way. ``False`` (the default): every miss returns
+                at once.
 
         Raises:
             ConfigurationError: A setting is out of its range (checked before any
@@ -455,6 +457,20 @@ class SQLAlchemyCache(BaseCache):
         if self._tier is not None:
             self._tier.forget()
 
+    def _unanswered(
+        self, key: str, outcome: Outcome | None, start: float
+    ) -> RETURN_VAL_TYPE | None:
+        """A lookup the database did not answer (failed, or the breaker is open).
+
+        Single flight needs no database, so its callers still wait for one filler instead
+        of all calling the model. The call is counted already (an error, or a breaker
+        short-circuit); only a payload brought by the filler is counted, as a hit.
+        """
+        result = _waited(outcome)
+        if result is not None:
+            self._counters.lookup(hit=True, seconds=perf_counter() - start)
+        return result
+
     def _end_flight(self, row: sql.Row) -> None:
         if self._flights is not None:
             self._flights.stored(row["key"], row["payload"])
@@ -482,16 +498,20 @@ class SQLAlchemyCache(BaseCache):
         key = self._key(prompt, llm_string)
         start = perf_counter()
         result = self._from_memory(key, start)
-        if result is not None or not self._policy.admit("lookup"):
+        if result is not None:
             return result
-        try:
-            with self._policy.mapped("lookup"):
-                result = self._lookup_stored(key)
-        except OperationFailed as failure:
-            self._policy.absorb(failure)
+        if self._policy.admit("lookup"):
+            try:
+                with self._policy.mapped("lookup"):
+                    result = self._lookup_stored(key)
+            except OperationFailed as failure:
+                self._policy.absorb(failure)
+            else:
+                self._counters.lookup(hit=result is not None, seconds=perf_counter() - start)
+                return result
+        if self._flights is None:
             return None
-        self._counters.lookup(hit=result is not None, seconds=perf_counter() - start)
-        return result
+        return self._unanswered(key, self._flights.wait_key(key, lead=True), start)
 
     def _lookup_stored(self, key: str) -> RETURN_VAL_TYPE | None:
         flights = self._flights
@@ -695,16 +715,20 @@ class SQLAlchemyCache(BaseCache):
         key = self._key(prompt, llm_string)
         start = perf_counter()
         result = self._from_memory(key, start)
-        if result is not None or not self._policy.admit("lookup"):
+        if result is not None:
             return result
-        try:
-            with self._policy.mapped("lookup"):
-                result = await self._alookup_stored(key)
-        except OperationFailed as failure:
-            self._policy.absorb(failure)
+        if self._policy.admit("lookup"):
+            try:
+                with self._policy.mapped("lookup"):
+                    result = await self._alookup_stored(key)
+            except OperationFailed as failure:
+                self._policy.absorb(failure)
+            else:
+                self._counters.lookup(hit=result is not None, seconds=perf_counter() - start)
+                return result
+        if self._flights is None:
             return None
-        self._counters.lookup(hit=result is not None, seconds=perf_counter() - start)
-        return result
+        return self._unanswered(key, await self._flights.await_key(key, lead=True), start)
 
     async def _alookup_stored(self, key: str) -> RETURN_VAL_TYPE | None:
         flights = self._flights

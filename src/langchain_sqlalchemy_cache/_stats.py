@@ -20,7 +20,9 @@ class CacheStats:
     """Counters of this cache object since it was made (this process only).
 
     Attributes:
-        hits: Lookups that found an entry (from memory or from the table).
+        hits: Lookups that found an entry (from memory or from the table), and
+            lookups that waited for a concurrent caller's store under
+            ``single_flight``, even when the table could not be read.
         misses: Lookups that found none (or an unreadable one).
         writes: Entries stored by ``update``/``aupdate``.
         errors: Database or driver failures of any operation (served as a miss or
@@ -36,8 +38,8 @@ class CacheStats:
         timeouts: Calls (of any operation) that hit their deadline; also counted in
             ``errors``.
         short_circuited: Calls answered at once, without a statement, while the
-            circuit breaker was open (not counted in ``errors``, ``hits`` or
-            ``misses``).
+            circuit breaker was open (not counted in ``errors`` or ``misses``; in
+            ``hits`` only when a single-flight wait brought an answer).
         breaker: The circuit breaker's state now: ``"closed"`` (calls go through),
             ``"open"`` (calls are short-circuited) or ``"half_open"`` (the next call
             is let through as a probe).
