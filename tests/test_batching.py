@@ -195,3 +195,40 @@ async def test_cancelling_an_inline_lone_call_cancels_its_batch_and_frees_the_sl
         await call
     assert cancelled == ["a"]
     assert not slots.locked()
+
+
+async def test_callers_past_their_deadline_time_out_and_their_batch_goes_on() -> None:
+    # One timer serves every caller of a loop: each fails at its own deadline (the
+    # loop's clock, no sleep here), while the batch it rode in finishes for the rest.
+    recorder = Recorder(slots=1)
+    recorder.coalescer = Coalescer(
+        recorder.run, max_batch=100, slots=PerLoop(lambda: recorder.slots), timeout=0.2
+    )
+    recorder.hold()
+    first = asyncio.ensure_future(recorder.coalescer.submit("a"))
+    await recorder.started(1)
+    queued = [asyncio.ensure_future(recorder.coalescer.submit(x)) for x in "bcd"]
+    results = await asyncio.gather(first, *queued, return_exceptions=True)
+    assert all(isinstance(r, TimeoutError) for r in results), results
+    assert {str(r) for r in results} == {"no answer from the database within 0.2s"}
+    late = asyncio.ensure_future(recorder.coalescer.submit("e"))  # queued behind "a"
+    await recorder.release()
+    assert await late == "E"
+    assert recorder.batches == [["a"], ["e"]]  # the timed-out "b", "c", "d" never ran
+
+
+async def test_callers_answered_in_time_leave_the_timer_to_the_next_one() -> None:
+    recorder = Recorder(slots=1)
+    recorder.coalescer = Coalescer(
+        recorder.run, max_batch=100, slots=PerLoop(lambda: recorder.slots), timeout=0.2
+    )
+    answers = await asyncio.gather(*(recorder.coalescer.submit(x) for x in "abc"))
+    assert answers == ["A", "B", "C"]
+    # Their deadlines come first: the timer finds them answered, passes over them
+    # and fails the slow caller at its own deadline, not at theirs.
+    recorder.hold()
+    slow = asyncio.ensure_future(recorder.coalescer.submit("d"))
+    await recorder.started(3)
+    with pytest.raises(TimeoutError):
+        await slow
+    await recorder.release()

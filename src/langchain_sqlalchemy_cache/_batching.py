@@ -4,15 +4,22 @@ Calls that are waiting at the same moment on one event loop become one statement
 the window is whatever is already queued when a connection slot is free, never a
 timer, so a lone call is not delayed. At most ``slots`` statements are in flight per
 event loop, so thousands of concurrent callers never exhaust the connection pool.
+
+Every caller has the same deadline, counted from its call, so deadlines come due in
+the order the calls were made: one timer per event loop serves them all, from a FIFO.
+A timer per caller (``asyncio.timeout``) costs a heap entry each, which was most of
+the cache's own time per hit at a thousand concurrent callers.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from ._deadline import AsyncDeadline, timeout_error
 from ._loops import PerLoop
 
 T = TypeVar("T")
@@ -41,6 +48,9 @@ class _Queue(Generic[T, R]):
     draining: bool = False
     running: int = 0
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    # Callers' futures in the order of their deadlines, and the one timer for the first.
+    due: deque[tuple[float, asyncio.Future[R]]] = field(default_factory=deque)
+    timer: asyncio.TimerHandle | None = None
 
 
 class Coalescer(Generic[T, R]):
@@ -50,6 +60,10 @@ class Coalescer(Generic[T, R]):
     (a ``Failed`` for an item whose part of the batch failed alone). Every caller gets
     exactly its own result; a failing batch fails only its own callers;
     a cancelled caller is dropped from its batch and cancels nobody else.
+
+    A caller that has no result ``timeout`` seconds after its call raises
+    ``TimeoutError`` (its batch, if it started, goes on for the others). ``run_batch``
+    bounds its own statements.
     """
 
     def __init__(
@@ -59,11 +73,13 @@ class Coalescer(Generic[T, R]):
         max_batch: int,
         slots: PerLoop[asyncio.Semaphore],
         inline: Callable[[], bool] | None = None,
+        timeout: float | None = None,
     ) -> None:
         self._run_batch = run_batch
         self._inline = inline
         self._max_batch = max_batch
         self._slots = slots
+        self._timeout = timeout
         self._queues: PerLoop[_Queue[T, R]] = PerLoop(_Queue)
 
     async def submit(self, item: T) -> R:
@@ -76,17 +92,44 @@ class Coalescer(Generic[T, R]):
             # next batch.
             await slots.acquire()  # free, so this returns without suspending
             if self._inline is not None and self._inline():
-                return await self._run_alone(queue, item, slots)
+                async with AsyncDeadline(self._timeout):
+                    return await self._run_alone(queue, item, slots)
             # Skipping the drain task saves an event-loop iteration.
-            future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+            future = self._future(queue)
             self._start(queue, [(item, future)], slots)
             return await future
-        future = asyncio.get_running_loop().create_future()
+        future = self._future(queue)
         queue.waiting.append((item, future))
         if not queue.draining:
             queue.draining = True
             self._spawn(queue, self._drain(queue))
         return await future
+
+    def _future(self, queue: _Queue[T, R]) -> asyncio.Future[R]:
+        """A caller's future, failed with ``TimeoutError`` if still pending when due."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
+        if self._timeout is None:
+            return future
+        due = queue.due
+        while due and due[0][1].done():  # answered early: no need to wait for their time
+            due.popleft()
+        due.append((loop.time() + self._timeout, future))
+        if queue.timer is None:
+            queue.timer = loop.call_at(due[0][0], self._expire, queue, self._timeout)
+        return future
+
+    @staticmethod
+    def _expire(queue: _Queue[T, R], seconds: float) -> None:
+        """The timer: fail the callers that are due, and wait for the next one."""
+        due = queue.due
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while due and (due[0][1].done() or due[0][0] <= now):
+            _, future = due.popleft()
+            if not future.done():
+                future.set_exception(timeout_error(seconds))
+        queue.timer = loop.call_at(due[0][0], Coalescer._expire, queue, seconds) if due else None
 
     async def _run_alone(self, queue: _Queue[T, R], item: T, slots: asyncio.Semaphore) -> R:
         """Run a lone call's batch in the caller's own task: no task, no future, no hop.

@@ -362,12 +362,14 @@ class SQLAlchemyCache(BaseCache):
             max_batch=batch,
             slots=self._slots,
             inline=lambda: self._async.lean(self._sql.lookup),
+            timeout=self._timeout,
         )
         self._updates: Coalescer[sql.Row, None] = Coalescer(
             self._write_rows,
             max_batch=min(batch, _MAX_UPSERT_ROWS),
             slots=self._slots,
             inline=lambda: self._async.lean(self._sql.upsert),
+            timeout=self._timeout,
         )
 
     @property
@@ -737,8 +739,7 @@ class SQLAlchemyCache(BaseCache):
             if waited is not None:
                 return _waited(waited)
         since = self._mark()
-        async with AsyncDeadline(self._timeout):
-            found = await self._lookups.submit(key)
+        found = await self._lookups.submit(key)  # within the per-call timeout
         result = self._fetched(key, found, since)
         if result is None and flights is not None:
             return _waited(await flights.await_key(key, lead=True))
@@ -764,8 +765,7 @@ class SQLAlchemyCache(BaseCache):
         since = self._mark()
         try:
             with self._policy.mapped("update"):
-                async with AsyncDeadline(self._timeout):
-                    await self._updates.submit(row)
+                await self._updates.submit(row)  # within the per-call timeout
                 self._counters.write(perf_counter() - start)
                 self._stored(row, since)
                 if self._trims is not None and self._trims.wrote():

@@ -1,7 +1,9 @@
 """Deadlines: every cache call ends within its time, whatever the database does.
 
-Async calls run under ``asyncio.timeout``; a statement cut off by it leaves its
-connection mid-protocol, so that connection is terminated, never pooled again.
+Async calls run under ``asyncio.timeout``, except the wait of a caller queued for a
+batch, which the coalescer bounds with one timer per event loop (``_batching``); a
+statement cut off midway leaves its connection mid-protocol, so that connection is
+terminated, never pooled again.
 
 A sync call blocks its thread in the driver, where no timeout of Python's reaches it:
 a server that acknowledges packets but never answers keeps ``recv`` waiting for ever
