@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from ._deadline import AsyncDeadline, timeout_error
+from ._deadline import timeout_error
 from ._loops import PerLoop
 
 T = TypeVar("T")
@@ -63,7 +63,8 @@ class Coalescer(Generic[T, R]):
 
     A caller that has no result ``timeout`` seconds after its call raises
     ``TimeoutError`` (its batch, if it started, goes on for the others). ``run_batch``
-    bounds its own statements.
+    bounds its own statements, which is all that bounds a lone call run inline: its
+    batch starts with the call.
     """
 
     def __init__(
@@ -92,8 +93,8 @@ class Coalescer(Generic[T, R]):
             # next batch.
             await slots.acquire()  # free, so this returns without suspending
             if self._inline is not None and self._inline():
-                async with AsyncDeadline(self._timeout):
-                    return await self._run_alone(queue, item, slots)
+                # Bounded by ``run_batch``'s own deadline, which starts with the call.
+                return await self._run_alone(queue, item, slots)
             # Skipping the drain task saves an event-loop iteration.
             future = self._future(queue)
             self._start(queue, [(item, future)], slots)
