@@ -8,6 +8,7 @@ import gc
 import sys
 import threading
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,3 +145,25 @@ def test_a_callers_sqlite_engine_closes_each_finished_loops_connections(
     asyncio.run(last_run())
     cache.close()
     assert reports.all() == []
+
+
+def test_loops_that_ended_are_not_kept_alive_by_the_cache(make_cache: CacheFactory) -> None:
+    # Every per-loop registry holds values that refer to their loop (a closer's finalizer
+    # hook, futures, timers), so a weak key alone never let a closed loop go: each
+    # asyncio.run left its loop behind for the cache's lifetime. Now a new loop's first
+    # call drops what the closed ones left; at most the last loop is still known.
+    cache = make_cache(single_flight=True)
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def calls(run: int) -> None:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        await cache.aupdate(f"p{run}", "m", [Generation(text=str(run))])
+        found = await asyncio.gather(*(cache.alookup(f"p{run}", "m") for _ in range(20)))
+        assert found == [[Generation(text=str(run))]] * 20
+
+    for run in range(5):
+        asyncio.run(calls(run))
+    gc.collect()
+    alive = [ref() is not None for ref in loops]
+    assert alive[:-1] == [False] * 4, alive
+    cache.close()

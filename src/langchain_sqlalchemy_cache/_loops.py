@@ -70,8 +70,20 @@ class PerLoop(Generic[T]):
             with self._lock:
                 item = self._items.get(loop)
                 if item is None:
+                    drop_closed_loops(self._items)
                     item = self._items[loop] = self._factory()
         return item
+
+
+def drop_closed_loops(per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]) -> None:
+    """Forget what belongs to loops already closed (called as a new loop registers).
+
+    A value often refers to its loop (a future, a timer, a lock that had waiters), so
+    the weak key alone would never let a closed loop go: every ``asyncio.run`` would
+    leave one behind for as long as the cache lives.
+    """
+    for gone in [loop for loop in per_loop if loop.is_closed()]:
+        per_loop.pop(gone, None)
 
 
 def clone_engine(base: AsyncEngine) -> AsyncEngine:
@@ -169,9 +181,21 @@ class LoopEnds:
             with self._lock:
                 end = self._ends.get(loop)
                 if end is None:
+                    self._drop_finished()
                     end = self._ends[loop] = _LoopEnd()
                     self._closers[loop] = _until_loop_end(end)
         return end
+
+    def _drop_finished(self) -> None:
+        # A closer holds its loop (through the loop's finalizer hook): once it has run,
+        # nothing of that loop is needed. One that never ran (a loop closed without
+        # finalizing its async generators) is kept: dropped, it would be finalized
+        # on a closed loop.
+        for gone in [loop for loop in self._ends if loop.is_closed()]:
+            closer = self._closers.get(gone)
+            if closer is None or getattr(closer, "ag_frame", None) is None:
+                self._ends.pop(gone, None)
+                self._closers.pop(gone, None)
 
     def close_at_end(self, engine: AsyncEngine) -> None:
         """Dispose of ``engine``, the running loop's (and only its), as the loop ends."""
