@@ -459,6 +459,11 @@ class SQLAlchemyCache(BaseCache):
         if self._tier is not None:
             self._tier.forget()
 
+    def _answered(self, result: RETURN_VAL_TYPE | None, start: float) -> RETURN_VAL_TYPE | None:
+        """A lookup the table (or a single-flight wait) answered: counted, returned."""
+        self._counters.lookup(hit=result is not None, seconds=perf_counter() - start)
+        return result
+
     def _unanswered(
         self, key: str, outcome: Outcome | None, start: float
     ) -> RETURN_VAL_TYPE | None:
@@ -505,12 +510,9 @@ class SQLAlchemyCache(BaseCache):
         if self._policy.admit("lookup"):
             try:
                 with self._policy.mapped("lookup"):
-                    result = self._lookup_stored(key)
+                    return self._answered(self._lookup_stored(key), start)
             except OperationFailed as failure:
                 self._policy.absorb(failure)
-            else:
-                self._counters.lookup(hit=result is not None, seconds=perf_counter() - start)
-                return result
         if self._flights is None:
             return None
         return self._unanswered(key, self._flights.wait_key(key, lead=True), start)
@@ -722,12 +724,9 @@ class SQLAlchemyCache(BaseCache):
         if self._policy.admit("lookup"):
             try:
                 with self._policy.mapped("lookup"):
-                    result = await self._alookup_stored(key)
+                    return self._answered(await self._alookup_stored(key), start)
             except OperationFailed as failure:
                 self._policy.absorb(failure)
-            else:
-                self._counters.lookup(hit=result is not None, seconds=perf_counter() - start)
-                return result
         if self._flights is None:
             return None
         return self._unanswered(key, await self._flights.await_key(key, lead=True), start)
