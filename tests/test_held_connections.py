@@ -94,7 +94,7 @@ def named(
 
 def held(cache: SQLAlchemyCache) -> list[AsyncConnection]:
     """The running loop's idle held connections of the cache's primary executor."""
-    idle = cache._async._held._by_loop.get(asyncio.get_running_loop())
+    idle = cache._async._held._by_loop.find(asyncio.get_running_loop())
     return [] if idle is None else list(idle.connections)
 
 

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
-import weakref
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
@@ -35,6 +33,7 @@ from sqlalchemy.pool import QueuePool
 
 from ._deadline import discard
 from ._engine_internals import held_connection_fresh
+from ._loops import PerLoop
 
 
 @dataclass
@@ -46,14 +45,24 @@ class _Idle:
     end_hook: AsyncGenerator[None, None] | None = None
 
 
+def _new_idle() -> _Idle:
+    idle = _Idle()
+    idle.end_hook = _until_loop_end(idle)
+    return idle
+
+
+def _end_without_io(idle: _Idle) -> bool:
+    # A loop closed without finalizing its async generators (no asyncio.run): its
+    # connections cannot be closed politely any more; end them without I/O.
+    _terminate_all(idle)
+    return True
+
+
 class HeldConnections:
     """The held connections of one executor, per event loop."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Idle] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._by_loop: PerLoop[_Idle] = PerLoop(_new_idle, on_closed=_end_without_io)
         self.closed = False
 
     @staticmethod
@@ -61,27 +70,9 @@ class HeldConnections:
         """Whether statements on ``engine`` run on held connections."""
         return engine.dialect.name != "sqlite" and isinstance(engine.sync_engine.pool, QueuePool)
 
-    def _idle(self) -> _Idle:
-        loop = asyncio.get_running_loop()
-        idle = self._by_loop.get(loop)
-        if idle is None:
-            with self._lock:
-                idle = self._by_loop.get(loop)
-                if idle is None:
-                    self._drop_closed_loops()
-                    idle = self._by_loop[loop] = _Idle()
-                    idle.end_hook = _until_loop_end(idle)
-        return idle
-
-    def _drop_closed_loops(self) -> None:
-        # A loop closed without finalizing its async generators (no asyncio.run): its
-        # connections cannot be closed politely any more; end them without I/O.
-        for loop in [loop for loop in self._by_loop if loop.is_closed()]:
-            _terminate_all(self._by_loop.pop(loop))
-
     async def take(self, engine: AsyncEngine) -> AsyncConnection:
         """An idle held connection of this loop still fit for use, or a new checkout."""
-        idle = self._idle()
+        idle = self._by_loop.get()
         pool = engine.sync_engine.pool
         while idle.connections:
             connection = idle.connections.pop()
@@ -92,7 +83,7 @@ class HeldConnections:
 
     async def give(self, connection: AsyncConnection) -> None:
         """Hold ``connection`` again after its statement succeeded."""
-        idle = self._idle()
+        idle = self._by_loop.get()
         if self.closed or idle.ending:
             await _close(connection)
         else:
@@ -110,12 +101,12 @@ class HeldConnections:
 
     def idle_count(self) -> int:
         """Idle held connections of the running loop."""
-        idle = self._by_loop.get(asyncio.get_running_loop())
+        idle = self._by_loop.find(asyncio.get_running_loop())
         return 0 if idle is None else len(idle.connections)
 
     async def release_idle(self) -> None:
         """Return the running loop's idle connections to the pool (held again later)."""
-        idle = self._by_loop.get(asyncio.get_running_loop())
+        idle = self._by_loop.find(asyncio.get_running_loop())
         while idle is not None and idle.connections:
             await _close(idle.connections.pop())
 
@@ -127,13 +118,11 @@ class HeldConnections:
         ended without I/O.
         """
         self.closed = True
-        running = asyncio.get_running_loop()
-        with self._lock:
-            self._drop_closed_loops()
-            idle = self._by_loop.get(running)
-            connections = [] if idle is None else idle.connections[:]
-            if idle is not None:
-                idle.connections.clear()
+        self._by_loop.drop_closed()
+        idle = self._by_loop.find(asyncio.get_running_loop())
+        connections = [] if idle is None else idle.connections[:]
+        if idle is not None:
+            idle.connections.clear()
         for connection in connections:
             await _close(connection)
 
@@ -149,11 +138,10 @@ class HeldConnections:
             running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             running = None
-        with self._lock:
-            self._drop_closed_loops()
-            for loop, idle in list(self._by_loop.items()):
-                if loop is running or not loop.is_running():
-                    _terminate_all(idle)
+        self._by_loop.drop_closed()
+        for loop, idle in self._by_loop.items():
+            if loop is running or not loop.is_running():
+                _terminate_all(idle)
 
 
 async def _close(connection: AsyncConnection) -> None:

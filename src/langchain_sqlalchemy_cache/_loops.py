@@ -53,37 +53,56 @@ class PerLoop(Generic[T]):
 
     asyncio primitives belong to the loop they were made on, and a cache object may be
     used from several loops (threads each running one, repeated ``asyncio.run``).
+
+    A value often refers to its loop (a future, a timer, a lock that had waiters, a
+    loop-end closer through the loop's finalizer hook), so the weak key alone would never
+    let a closed loop go: every ``asyncio.run`` would leave one behind for as long as
+    the cache lives. So the values of closed loops are dropped whenever a new loop
+    registers (and on ``drop_closed``); ``on_closed`` is told of each first and says
+    whether it may go (default: yes).
     """
 
-    def __init__(self, factory: Callable[[], T]) -> None:
+    def __init__(
+        self, factory: Callable[[], T], *, on_closed: Callable[[T], bool] | None = None
+    ) -> None:
         self._factory = factory
+        self._on_closed = on_closed
         self._lock = threading.Lock()
         self._items: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, T] = (
             weakref.WeakKeyDictionary()
         )
 
     def get(self) -> T:
-        """The ``T`` of the running event loop."""
+        """The ``T`` of the running event loop, made (on that loop) if it has none yet."""
         loop = asyncio.get_running_loop()
         item = self._items.get(loop)
         if item is None:
             with self._lock:
                 item = self._items.get(loop)
                 if item is None:
-                    drop_closed_loops(self._items)
+                    self._drop_closed()
                     item = self._items[loop] = self._factory()
         return item
 
+    def find(self, loop: asyncio.AbstractEventLoop) -> T | None:
+        """The ``T`` of ``loop`` if one was made, without making one."""
+        return self._items.get(loop)
 
-def drop_closed_loops(per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]) -> None:
-    """Forget what belongs to loops already closed (called as a new loop registers).
+    def items(self) -> list[tuple[asyncio.AbstractEventLoop, T]]:
+        """Every loop's ``T`` now."""
+        with self._lock:
+            return list(self._items.items())
 
-    A value often refers to its loop (a future, a timer, a lock that had waiters), so
-    the weak key alone would never let a closed loop go: every ``asyncio.run`` would
-    leave one behind for as long as the cache lives.
-    """
-    for gone in [loop for loop in per_loop if loop.is_closed()]:
-        per_loop.pop(gone, None)
+    def drop_closed(self) -> None:
+        """Forget the values of loops already closed (those ``on_closed`` lets go)."""
+        with self._lock:
+            self._drop_closed()
+
+    def _drop_closed(self) -> None:
+        for gone in [loop for loop in self._items if loop.is_closed()]:
+            item = self._items[gone]
+            if self._on_closed is None or self._on_closed(item):
+                self._items.pop(gone, None)
 
 
 def clone_engine(base: AsyncEngine) -> AsyncEngine:
@@ -135,7 +154,7 @@ WORKER_STOP_TIMEOUT_S = 30.0
 class _LoopEnd:
     """What one event loop closes as it shuts down: its engine, its aiosqlite connections."""
 
-    __slots__ = ("connections", "engine")
+    __slots__ = ("closer", "connections", "engine")
 
     def __init__(self) -> None:
         self.engine: AsyncEngine | None = None
@@ -143,6 +162,21 @@ class _LoopEnd:
         # terminated connection must outlive its thread's last answer, or it is
         # collected while still open (a ResourceWarning).
         self.connections: list[tuple[_Worker, ConnectionPoolEntry | None]] = []
+        # The loop holds its async generators weakly: this one lives here, as long as it.
+        self.closer: AsyncGenerator[None, None] | None = None
+
+
+def _new_loop_end() -> _LoopEnd:
+    end = _LoopEnd()
+    end.closer = _until_loop_end(end)
+    return end
+
+
+def _loop_end_ran(end: _LoopEnd) -> bool:
+    # Once the closer has run, nothing of its loop is needed. One that never ran (a
+    # loop closed without finalizing its async generators) is kept: dropped, it would
+    # be finalized on a closed loop.
+    return getattr(end.closer, "ag_frame", None) is None
 
 
 class LoopEnds:
@@ -164,38 +198,11 @@ class LoopEnds:
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._ends: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopEnd] = (
-            weakref.WeakKeyDictionary()
-        )
-        # The loop holds its async generators weakly: they live here, as long as it.
-        self._closers: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, AsyncGenerator[None, None]
-        ] = weakref.WeakKeyDictionary()
+        self._ends: PerLoop[_LoopEnd] = PerLoop(_new_loop_end, on_closed=_loop_end_ran)
 
     def _here(self) -> _LoopEnd:
         """The running loop's, made (and its closer started) on first use."""
-        loop = asyncio.get_running_loop()
-        end = self._ends.get(loop)
-        if end is None:
-            with self._lock:
-                end = self._ends.get(loop)
-                if end is None:
-                    self._drop_finished()
-                    end = self._ends[loop] = _LoopEnd()
-                    self._closers[loop] = _until_loop_end(end)
-        return end
-
-    def _drop_finished(self) -> None:
-        # A closer holds its loop (through the loop's finalizer hook): once it has run,
-        # nothing of that loop is needed. One that never ran (a loop closed without
-        # finalizing its async generators) is kept: dropped, it would be finalized
-        # on a closed loop.
-        for gone in [loop for loop in self._ends if loop.is_closed()]:
-            closer = self._closers.get(gone)
-            if closer is None or getattr(closer, "ag_frame", None) is None:
-                self._ends.pop(gone, None)
-                self._closers.pop(gone, None)
+        return self._ends.get()
 
     def close_at_end(self, engine: AsyncEngine) -> None:
         """Dispose of ``engine``, the running loop's (and only its), as the loop ends."""

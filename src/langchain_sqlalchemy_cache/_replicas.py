@@ -281,11 +281,6 @@ class ReadRouter:
 
         Rows are (key, payload, updated_at), read by position (``fetch_lean``).
         """
-        if not self._standbys:  # the hot path of most deployments: no plan to drive
-            lookup, lookup_params = self._sql.lookup_for(keys, now)
-            rows = await self._primary_async.fetch_lean(lookup, lookup_params)
-            self._served(PRIMARY, len(set(keys)))
-            return list(rows)
         plan = self._plan(keys, now)
         answer: Sequence[Row[Any]] | None = None
         try:
