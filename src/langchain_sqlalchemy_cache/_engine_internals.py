@@ -238,10 +238,6 @@ class DriverStatement:
     async def run(self, connection: AsyncConnection, params: Any, *, rows: bool) -> Any:
         """Run on ``connection``; return its rows, or its row count."""
         adapted: Any = connection.sync_connection.connection.dbapi_connection  # type: ignore[union-attr]
-        cursor = adapted.cursor()
-        # What the dialect's execution context sets before each statement: prepared
-        # statements older than the last DDL this process ran are prepared again.
-        cursor._invalidate_schema_cache_asof = self._dialect._invalidate_schema_cache_asof
         try:  # every parameter given: the cache's own statements
             values = params
             positional = [
@@ -254,10 +250,33 @@ class DriverStatement:
                 values[name] if process is None else process(values[name])
                 for name, process in self._binds
             ]
+        if rows and _lone_autocommit(adapted):
+            # What the cursor's ``_prepare_and_execute`` does for a query, less what a
+            # connection used by one caller in autocommit mode does not need: its mutex,
+            # a transaction to open, a deque of rows and the parse of a status line.
+            prepared, _ = await adapted._prepare(self._sql, self._dialect._invalidate_schema_cache_asof)
+            return await prepared.fetch(*positional)
+        cursor = adapted.cursor()
+        # What the dialect's execution context sets before each statement: prepared
+        # statements older than the last DDL this process ran are prepared again.
+        cursor._invalidate_schema_cache_asof = self._dialect._invalidate_schema_cache_asof
         await cursor._prepare_and_execute(self._sql, positional)
         if rows:
             return list(cursor._rows)
         return int(cursor.rowcount)  # an attribute up to SQLAlchemy 2.0, a property in 2.1
+
+
+def _lone_autocommit(adapted: Any) -> bool:
+    """Whether the adapted connection runs in autocommit, with no transaction or statement.
+
+    Then nothing but the caller uses it (a held connection is taken by one call at a
+    time), and a query needs only its prepared statement.
+    """
+    return bool(
+        adapted.isolation_level == "autocommit"
+        and adapted._transaction is None
+        and not adapted._execute_mutex.locked()
+    )
 
 
 def _adapter_readable() -> bool:
@@ -271,14 +290,22 @@ def _adapter_readable() -> bool:
     """
     try:
         from sqlalchemy.dialects.postgresql.asyncpg import (
+            AsyncAdapt_asyncpg_connection,
             AsyncAdapt_asyncpg_cursor,
             PGDialect_asyncpg,
         )
     except ImportError:
         return False
     slots = getattr(AsyncAdapt_asyncpg_cursor, "__slots__", ())
+    connection_slots = {
+        slot
+        for cls in AsyncAdapt_asyncpg_connection.__mro__
+        for slot in getattr(cls, "__slots__", ())
+    }
     return (
         callable(getattr(AsyncAdapt_asyncpg_cursor, "_prepare_and_execute", None))
+        and callable(getattr(AsyncAdapt_asyncpg_connection, "_prepare", None))
+        and {"_transaction", "_execute_mutex", "isolation_level"} <= connection_slots
         and "_invalidate_schema_cache_asof" in slots
         and hasattr(PGDialect_asyncpg, "_invalidate_schema_cache_asof")
         and hasattr(AsyncAdapt_asyncpg_cursor, "_rows")
