@@ -9,6 +9,7 @@ from typing import Literal
 import pytest
 
 from langchain_sqlalchemy_cache._batching import Coalescer
+from langchain_sqlalchemy_cache._deadline_queue import DeadlineQueue
 from langchain_sqlalchemy_cache._loops import PerLoop
 
 
@@ -202,7 +203,10 @@ async def test_callers_past_their_deadline_time_out_and_their_batch_goes_on() ->
     # loop's clock, no sleep here), while the batch it rode in finishes for the rest.
     recorder = Recorder(slots=1)
     recorder.coalescer = Coalescer(
-        recorder.run, max_batch=100, slots=PerLoop(lambda: recorder.slots), timeout=0.2
+        recorder.run,
+        max_batch=100,
+        slots=PerLoop(lambda: recorder.slots),
+        deadlines=DeadlineQueue(0.2),
     )
     recorder.hold()
     first = asyncio.ensure_future(recorder.coalescer.submit("a"))
@@ -220,7 +224,10 @@ async def test_callers_past_their_deadline_time_out_and_their_batch_goes_on() ->
 async def test_callers_answered_in_time_leave_the_timer_to_the_next_one() -> None:
     recorder = Recorder(slots=1)
     recorder.coalescer = Coalescer(
-        recorder.run, max_batch=100, slots=PerLoop(lambda: recorder.slots), timeout=0.2
+        recorder.run,
+        max_batch=100,
+        slots=PerLoop(lambda: recorder.slots),
+        deadlines=DeadlineQueue(0.2),
     )
     answers = await asyncio.gather(*(recorder.coalescer.submit(x) for x in "abc"))
     assert answers == ["A", "B", "C"]

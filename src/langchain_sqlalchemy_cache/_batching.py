@@ -5,21 +5,20 @@ the window is whatever is already queued when a connection slot is free, never a
 timer, so a lone call is not delayed. At most ``slots`` statements are in flight per
 event loop, so thousands of concurrent callers never exhaust the connection pool.
 
-Every caller has the same deadline, counted from its call, so deadlines come due in
-the order the calls were made: one timer per event loop serves them all, from a FIFO.
-A timer per caller (``asyncio.timeout``) costs a heap entry each, which was most of
-the cache's own time per hit at a thousand concurrent callers.
+Every caller has the same deadline, counted from its call, and every batch the same,
+counted from its start: one ``DeadlineQueue`` per event loop serves them all. A timer
+per caller (``asyncio.timeout``) costs a heap entry each, which was most of the cache's
+own time per hit at a thousand concurrent callers.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from ._deadline import timeout_error
+from ._deadline_queue import DeadlineQueue
 from ._loops import PerLoop
 
 T = TypeVar("T")
@@ -48,9 +47,6 @@ class _Queue(Generic[T, R]):
     draining: bool = False
     running: int = 0
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    # Callers' futures in the order of their deadlines, and the one timer for the first.
-    due: deque[tuple[float, asyncio.Future[R]]] = field(default_factory=deque)
-    timer: asyncio.TimerHandle | None = None
 
 
 class Coalescer(Generic[T, R]):
@@ -61,10 +57,12 @@ class Coalescer(Generic[T, R]):
     exactly its own result; a failing batch fails only its own callers;
     a cancelled caller is dropped from its batch and cancels nobody else.
 
-    A caller that has no result ``timeout`` seconds after its call raises
-    ``TimeoutError`` (its batch, if it started, goes on for the others). ``run_batch``
-    bounds its own statements, which is all that bounds a lone call run inline: its
-    batch starts with the call.
+    A caller that has no result ``deadlines.seconds`` (default: no deadline) after its call raises
+    ``TimeoutError`` (its batch, if it started, goes on for the others). A batch still
+    running that long after its start is cancelled where it stands and fails with
+    ``TimeoutError``; its callers, queued before it started, are all past their own
+    deadlines by then. A lone call run inline has only its batch's deadline, which
+    starts with the call.
     """
 
     def __init__(
@@ -74,13 +72,13 @@ class Coalescer(Generic[T, R]):
         max_batch: int,
         slots: PerLoop[asyncio.Semaphore],
         inline: Callable[[], bool] | None = None,
-        timeout: float | None = None,
+        deadlines: DeadlineQueue | None = None,
     ) -> None:
         self._run_batch = run_batch
         self._inline = inline
         self._max_batch = max_batch
         self._slots = slots
-        self._timeout = timeout
+        self._deadlines = DeadlineQueue(None) if deadlines is None else deadlines
         self._queues: PerLoop[_Queue[T, R]] = PerLoop(_Queue)
 
     async def submit(self, item: T) -> R:
@@ -93,44 +91,18 @@ class Coalescer(Generic[T, R]):
             # next batch.
             await slots.acquire()  # free, so this returns without suspending
             if self._inline is not None and self._inline():
-                # Bounded by ``run_batch``'s own deadline, which starts with the call.
+                # Bounded by its batch's deadline, which starts with the call.
                 return await self._run_alone(queue, item, slots)
             # Skipping the drain task saves an event-loop iteration.
-            future = self._future(queue)
+            future: asyncio.Future[R] = self._deadlines.future()
             self._start(queue, [(item, future)], slots)
             return await future
-        future = self._future(queue)
+        future = self._deadlines.future()
         queue.waiting.append((item, future))
         if not queue.draining:
             queue.draining = True
             self._spawn(queue, self._drain(queue))
         return await future
-
-    def _future(self, queue: _Queue[T, R]) -> asyncio.Future[R]:
-        """A caller's future, failed with ``TimeoutError`` if still pending when due."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[R] = loop.create_future()
-        if self._timeout is None:
-            return future
-        due = queue.due
-        while due and due[0][1].done():  # answered early: no need to wait for their time
-            due.popleft()
-        due.append((loop.time() + self._timeout, future))
-        if queue.timer is None:
-            queue.timer = loop.call_at(due[0][0], self._expire, queue, self._timeout)
-        return future
-
-    @staticmethod
-    def _expire(queue: _Queue[T, R], seconds: float) -> None:
-        """The timer: fail the callers that are due, and wait for the next one."""
-        due = queue.due
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        while due and (due[0][1].done() or due[0][0] <= now):
-            _, future = due.popleft()
-            if not future.done():
-                future.set_exception(timeout_error(seconds))
-        queue.timer = loop.call_at(due[0][0], Coalescer._expire, queue, seconds) if due else None
 
     async def _run_alone(self, queue: _Queue[T, R], item: T, slots: asyncio.Semaphore) -> R:
         """Run a lone call's batch in the caller's own task: no task, no future, no hop.
@@ -141,7 +113,8 @@ class Coalescer(Generic[T, R]):
         """
         queue.running += 1
         try:
-            result = (await self._run_batch([item]))[0]
+            with self._deadlines.cut():
+                result = (await self._run_batch([item]))[0]
         finally:
             queue.running -= 1
             slots.release()
@@ -192,7 +165,8 @@ class Coalescer(Generic[T, R]):
         slots: asyncio.Semaphore,
     ) -> None:
         try:
-            results = await self._run_batch([item for item, _ in batch])
+            with self._deadlines.cut():
+                results = await self._run_batch([item for item, _ in batch])
         except asyncio.CancelledError:
             for _, future in batch:
                 future.cancel()

@@ -35,6 +35,7 @@ from ._deadline import (
     watch_async_engine,
     watch_sync_engine,
 )
+from ._deadline_queue import DeadlineQueue
 from ._engines import EnginePair, resolve_engines
 from ._errors import CacheError, ConfigurationError
 from ._eviction import TrimSchedule
@@ -357,19 +358,20 @@ class SQLAlchemyCache(BaseCache):
         self._slots: PerLoop[asyncio.Semaphore] = PerLoop(lambda: asyncio.Semaphore(slots))
         # A lone call runs its statement in its own task where a cancellation ends it at
         # once (the asyncpg driver path): no task hop.
+        deadlines = DeadlineQueue(self._timeout)  # shared: one FIFO and timer per loop
         self._lookups: Coalescer[str, tuple[bytes, float] | None] = Coalescer(
             self._fetch_payloads,
             max_batch=batch,
             slots=self._slots,
             inline=lambda: self._async.lean(self._sql.lookup),
-            timeout=self._timeout,
+            deadlines=deadlines,
         )
         self._updates: Coalescer[sql.Row, None] = Coalescer(
             self._write_rows,
             max_batch=min(batch, _MAX_UPSERT_ROWS),
             slots=self._slots,
             inline=lambda: self._async.lean(self._sql.upsert),
-            timeout=self._timeout,
+            deadlines=deadlines,
         )
 
     @property
@@ -420,10 +422,8 @@ class SQLAlchemyCache(BaseCache):
         )
 
     async def _fetch_payloads(self, keys: Sequence[str]) -> list[tuple[bytes, float] | None]:
-        # A batch has its own deadline, from its start: its callers' deadlines began
-        # earlier, so none of them is still waiting when it passes.
-        async with AsyncDeadline(self._timeout):
-            rows: Sequence[Any] = await self._reads.afetch(keys, time.time())
+        # Within the batch's deadline (the coalescer's), from its start.
+        rows: Sequence[Any] = await self._reads.afetch(keys, time.time())
         found = {row[0]: (row[1], row[2]) for row in rows}  # key, payload, updated_at
         return [found.get(key) for key in keys]
 
@@ -487,8 +487,7 @@ class SQLAlchemyCache(BaseCache):
         for chunk in sql.size_chunks(rows, _MAX_UPSERT_BYTES):
             try:
                 params = self._sql.upsert_params([rows[index] for index in chunk])
-                async with AsyncDeadline(self._timeout):
-                    await self._async.execute(self._sql.upsert, params, lean=True)
+                await self._async.execute(self._sql.upsert, params, lean=True)
             except Exception as exc:  # this statement's writers fail, the others go on
                 for index in chunk:
                     results[index] = Failed(exc)

@@ -254,7 +254,9 @@ class DriverStatement:
             # What the cursor's ``_prepare_and_execute`` does for a query, less what a
             # connection used by one caller in autocommit mode does not need: its mutex,
             # a transaction to open, a deque of rows and the parse of a status line.
-            prepared, _ = await adapted._prepare(self._sql, self._dialect._invalidate_schema_cache_asof)
+            prepared, _ = await adapted._prepare(
+                self._sql, self._dialect._invalidate_schema_cache_asof
+            )
             return await prepared.fetch(*positional)
         cursor = adapted.cursor()
         # What the dialect's execution context sets before each statement: prepared
@@ -319,14 +321,11 @@ def watched(engine: AsyncEngine) -> bool:
     runs on the driver path while one is attached.
     """
     dispatch: Any = engine.sync_engine.dispatch
-    return any(
-        len(getattr(dispatch, name))
-        for name in (
-            "before_execute",
-            "after_execute",
-            "before_cursor_execute",
-            "after_cursor_execute",
-        )
+    return bool(  # spelled out: this runs on every lone statement
+        dispatch.before_execute
+        or dispatch.after_execute
+        or dispatch.before_cursor_execute
+        or dispatch.after_cursor_execute
     )
 
 
