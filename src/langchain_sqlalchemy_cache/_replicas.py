@@ -281,6 +281,11 @@ class ReadRouter:
 
         Rows are (key, payload, updated_at), read by position (``fetch_lean``).
         """
+        if not self._standbys:  # most deployments: the primary's statement, no plan to drive
+            lookup, lookup_params = self._sql.lookup_for(keys, now)
+            rows = await self._primary_async.fetch_lean(lookup, lookup_params)
+            self._served(PRIMARY, len(set(keys)))
+            return list(rows)
         plan = self._plan(keys, now)
         answer: Sequence[Row[Any]] | None = None
         try:
@@ -300,6 +305,11 @@ class ReadRouter:
 
     def fetch(self, keys: Sequence[str], now: float) -> list[Row[Any]]:
         """``afetch`` for the sync facade, on the sync engines."""
+        if not self._standbys:
+            lookup, lookup_params = self._sql.lookup_for(keys, now)
+            rows = self._primary_sync.fetch(lookup, lookup_params)
+            self._served(PRIMARY, len(set(keys)))
+            return list(rows)
         plan = self._plan(keys, now)
         answer: Sequence[Row[Any]] | None = None
         try:
