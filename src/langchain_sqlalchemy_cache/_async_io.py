@@ -69,13 +69,16 @@ class AsyncExecutor:
                     self._readiness.loop_owner.release()
 
     def _driver_form(self, statement: Executable, engine: AsyncEngine) -> DriverStatement | None:
-        # Per dialect, which the per-loop engines share with their listeners. Keyed by
-        # identity, the objects kept alive so that no id is ever reused.
+        # Per dialect, which the per-loop engines share with their listeners and their
+        # kind of pool; only where connections are held. Keyed by identity, the objects
+        # kept alive so that no id is ever reused.
         key = _form_key(statement, engine)
         try:
             form = self._driver_forms[key]
         except KeyError:
-            form = self._driver_forms[key] = DriverStatement.build(statement, engine)
+            form = self._driver_forms[key] = (
+                DriverStatement.build(statement, engine) if self._held.holds(engine) else None
+            )
             self._keep.append((statement, engine.dialect))
         return None if form is None or watched(engine) else form
 
@@ -86,8 +89,7 @@ class AsyncExecutor:
         I/O); on SQLAlchemy's ordinary path a cancellation closes the connection
         gracefully first (shielded), which can outlast the caller's deadline.
         """
-        engine = self._engines.get()
-        return self._held.holds(engine) and self._driver_form(statement, engine) is not None
+        return self._driver_form(statement, self._engines.get()) is not None
 
     async def _connect(self, engine: AsyncEngine, hold: bool) -> AsyncConnection:
         if hold:
@@ -99,10 +101,8 @@ class AsyncExecutor:
     ) -> tuple[Sequence[Any], int]:
         await self._ensure_table()
         engine = self._engines.get()
-        batch = batch_transaction(engine.dialect.name, params)
-        hold = batch is None and self._held.holds(engine)
-        driver = self._driver_form(statement, engine) if lean and hold else None
-        if driver is not None:
+        driver = self._driver_form(statement, engine) if lean else None
+        if driver is not None:  # asyncpg, held connections: no batch transaction to open
             try:
                 connection = await self._held.take(engine)
             except Exception:  # cannot connect: the ordinary path below says why
@@ -126,6 +126,8 @@ class AsyncExecutor:
                 else:
                     await self._held.give(connection)
                     return (found, -1) if rows else ((), found)
+        batch = batch_transaction(engine.dialect.name, params)
+        hold = batch is None and self._held.holds(engine)
         for attempt in itertools.count(1):
             try:
                 connection = await self._connect(engine, hold)
