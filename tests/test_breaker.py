@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import make_url
 
 from langchain_sqlalchemy_cache import CacheError, SQLAlchemyCache
+from langchain_sqlalchemy_cache._breaker import CircuitBreaker
 
 from .conftest import drop_table, unique_table
 from .freezeproxy import FreezeProxy, SilentServer, closed_port
@@ -131,3 +132,27 @@ def test_breaker_arguments_are_validated() -> None:
         SQLAlchemyCache("sqlite:///unused.db", timeout=0)
     with pytest.raises(ValueError, match="timeout must be finite"):
         SQLAlchemyCache("sqlite:///unused.db", timeout=float("inf"))
+
+
+def test_failures_of_calls_let_through_before_the_breaker_changed_are_stale() -> None:
+    # Calls sent to a server that died, still running while the breaker opens, probes
+    # and closes again (on a new primary): their failures must not decide anything.
+    breaker = CircuitBreaker(threshold=2, cooldown=0.0)
+    before = breaker.epoch  # three calls let through while closed
+    breaker.failed(before)
+    breaker.failed(before)
+    assert breaker.opened == 1
+    assert breaker.state == "half_open"  # no cool-down
+    assert breaker.allow()  # the probe
+    breaker.failed(before)  # the third old call ends now: not the probe's verdict
+    assert breaker.state == "half_open"
+    assert not breaker.allow()  # the probe is still the only one through
+    breaker.succeeded()  # the probe reached the new primary
+    assert breaker.state == "closed"
+    breaker.failed(before)
+    breaker.failed(before)
+    assert (breaker.state, breaker.opened) == ("closed", 1)
+    now = breaker.epoch  # calls let through since it closed count again
+    breaker.failed(now)
+    breaker.failed(now)
+    assert (breaker.state, breaker.opened) == ("half_open", 2)

@@ -68,8 +68,8 @@ async def test_a_future_fails_at_its_deadline_not_before() -> None:
     started = loop.time()
     with pytest.raises(TimeoutError):
         await deadlines.future()
-    # asyncio may run a timer up to its clock resolution early.
-    assert loop.time() - started >= 0.05 - loop._clock_resolution
+    # asyncio may run a timer up to its clock resolution (well under 1 ms) early.
+    assert loop.time() - started >= 0.05 - 0.001
 
 
 async def test_no_seconds_means_no_deadline() -> None:

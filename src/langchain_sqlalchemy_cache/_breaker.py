@@ -5,6 +5,10 @@ After ``threshold`` consecutive failures (errors or timeouts) the breaker opens:
 are answered at once (a miss, a no-op, or ``CacheError``) without a statement. After
 ``cooldown`` seconds it lets one call through as a probe (half-open); the probe's
 success closes it, its failure opens it for another cool-down.
+
+A failure counts only if its call was let through since the breaker last opened or
+closed (its ``epoch``): a call sent to the old, dead server before the breaker closed
+again must not open it once more, nor end the probe of a half-open breaker.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ class CircuitBreaker:
         self._opened_at = 0.0
         self._probing = False
         self.opened = 0  # times it opened
+        self.epoch = 0  # bumped each time it opens or closes
         self.rejected = 0  # calls answered without a statement
 
     @property
@@ -77,15 +82,19 @@ class CircuitBreaker:
         if self._state == "closed" and not self._failures:
             return
         with self._lock:
+            if self._state != "closed":
+                self.epoch += 1
             self._failures = 0
             self._probing = False
             self._state = "closed"
 
-    def failed(self) -> None:
-        """A call that was allowed failed or timed out."""
+    def failed(self, epoch: int) -> None:
+        """A call that was allowed (when ``epoch`` was the breaker's) failed or timed out."""
         if self.threshold is None:
             return
         with self._lock:
+            if epoch != self.epoch:  # let through before the breaker last changed: stale
+                return
             self._failures += 1
             self._probing = False
             if self._state == "half_open" or (
@@ -94,6 +103,7 @@ class CircuitBreaker:
                 self._state = "open"
                 self._opened_at = time.monotonic()
                 self.opened += 1
+                self.epoch += 1
 
     def abandoned(self) -> None:
         """A call that was allowed ended without a verdict (cancelled): free the probe."""

@@ -111,6 +111,7 @@ class _Mapped:
     def __init__(self, policy: ErrorPolicy, operation: str) -> None:
         self._policy = policy
         self._operation = operation
+        self._epoch = policy.breaker.epoch  # the call was let through just now
 
     def __enter__(self) -> None:
         return None
@@ -128,7 +129,7 @@ class _Mapped:
         if not isinstance(exc, Exception) or isinstance(exc, CacheError):
             policy.breaker.abandoned()
             return  # cancellation/interrupt, or already the caller's error: as it is
-        policy.breaker.failed()
+        policy.breaker.failed(self._epoch)
         policy._count(exc)
         message = policy.redact(f"cache {self._operation} failed: {type(exc).__name__}: {exc}")
         raise OperationFailed(message, self._operation) from exc
