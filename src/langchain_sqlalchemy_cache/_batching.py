@@ -43,6 +43,7 @@ RunBatch = Callable[[Sequence[T]], Awaitable[Sequence[R | Failed]]]
 
 @dataclass
 class _Queue(Generic[T, R]):
+    slots: asyncio.Semaphore  # the loop's statement slots, shared with other coalescers
     waiting: list[tuple[T, asyncio.Future[R]]] = field(default_factory=list)
     draining: bool = False
     running: int = 0
@@ -77,14 +78,13 @@ class Coalescer(Generic[T, R]):
         self._run_batch = run_batch
         self._inline = inline
         self._max_batch = max_batch
-        self._slots = slots
         self._deadlines = DeadlineQueue(None) if deadlines is None else deadlines
-        self._queues: PerLoop[_Queue[T, R]] = PerLoop(_Queue)
+        self._queues: PerLoop[_Queue[T, R]] = PerLoop(lambda: _Queue(slots.get()))
 
     async def submit(self, item: T) -> R:
         """Queue ``item`` and wait for its result."""
         queue = self._queues.get()
-        slots = self._slots.get()
+        slots = queue.slots
         if not queue.running and not queue.draining and not slots.locked():
             # Nothing queued or in flight and a connection free: a lone call. It is its
             # own batch at once; calls that arrive while it runs queue up and share the
@@ -129,7 +129,7 @@ class Coalescer(Generic[T, R]):
         task.add_done_callback(queue.tasks.discard)
 
     async def _drain(self, queue: _Queue[T, R]) -> None:
-        slots = self._slots.get()
+        slots = queue.slots
         try:
             while queue.waiting:
                 await slots.acquire()

@@ -6,7 +6,9 @@ index-size limit applies and NUL or lone surrogates never reach an index.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+from typing import Any
 
 KEY_LENGTH = 64
 
@@ -23,13 +25,21 @@ def cache_key(prompt: str, llm_string: str, namespace: str = "") -> str:
     The namespace and the llm_string are length-prefixed so that no split of the same
     characters between the arguments gives the same key.
     """
+    digest = _prefix(namespace, llm_string).copy()
+    digest.update(_utf8(prompt))
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=256)
+def _prefix(namespace: str, llm_string: str) -> Any:
+    # The hash state after namespace and llm_string, which repeat from call to call (an
+    # llm_string serializes the model and its settings: hundreds of characters).
     digest = hashlib.sha256()
     for part in (namespace, llm_string):
         data = _utf8(part)
         digest.update(b"%d:" % len(data))
         digest.update(data)
-    digest.update(_utf8(prompt))
-    return digest.hexdigest()
+    return digest
 
 
 def llm_key(llm_string: str) -> str:
