@@ -27,7 +27,7 @@ def cache_key(prompt: str, llm_string: str, namespace: str = "") -> str:
     """
     digest = _prefix(namespace, llm_string).copy()
     digest.update(_utf8(prompt))
-    return digest.hexdigest()
+    return str(digest.hexdigest())
 
 
 @functools.lru_cache(maxsize=256)
