@@ -58,12 +58,12 @@ class Coalescer(Generic[T, R]):
     exactly its own result; a failing batch fails only its own callers;
     a cancelled caller is dropped from its batch and cancels nobody else.
 
-    A caller that has no result ``deadlines.seconds`` (default: no deadline) after its call raises
-    ``TimeoutError`` (its batch, if it started, goes on for the others). A batch still
-    running that long after its start is cancelled where it stands and fails with
-    ``TimeoutError``; its callers, queued before it started, are all past their own
-    deadlines by then. A lone call run inline has only its batch's deadline, which
-    starts with the call.
+    A caller that has no result ``deadlines.seconds`` after its call (default: no
+    deadline) raises ``TimeoutError`` (its batch, if it started, goes on for the others).
+    A batch still running that long after its start is cancelled where it stands and
+    fails with ``TimeoutError``; its callers, queued before it started, are all past
+    their own deadlines by then. A lone call run inline has only its batch's deadline,
+    which starts with the call.
     """
 
     def __init__(
