@@ -148,7 +148,7 @@ def test_failures_of_calls_let_through_before_the_breaker_changed_are_stale() ->
     assert breaker.state == "half_open"
     assert not breaker.allow()  # the probe is still the only one through
     breaker.succeeded()  # the probe reached the new primary
-    assert breaker.state == "closed"
+    assert (breaker.state, breaker.opened) == ("closed", 1)
     breaker.failed(before)
     breaker.failed(before)
     assert (breaker.state, breaker.opened) == ("closed", 1)
