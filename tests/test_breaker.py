@@ -147,6 +147,8 @@ def test_failures_of_calls_let_through_before_the_breaker_changed_are_stale() ->
     breaker.failed(before)  # the third old call ends now: not the probe's verdict
     assert breaker.state == "half_open"
     assert not breaker.allow()  # the probe is still the only one through
+    breaker.abandoned(before)  # an old call cancelled: the probe's turn stays taken
+    assert not breaker.allow()
     breaker.succeeded()  # the probe reached the new primary
     assert (breaker.state, breaker.opened) == ("closed", 1)
     breaker.failed(before)

@@ -47,11 +47,19 @@ async def test_a_cancellation_from_outside_stays_a_cancellation() -> None:
         await task
 
 
+async def resumed_by_the_loop() -> None:
+    """Suspend until the loop's next step resumes this task (well within any deadline)."""
+    loop = asyncio.get_running_loop()
+    step: asyncio.Future[None] = loop.create_future()
+    loop.call_soon(step.set_result, None)
+    await step
+
+
 async def test_blocks_and_futures_that_end_in_time_are_passed_over() -> None:
     deadlines = DeadlineQueue(0.05)
     for _ in range(3):
         with deadlines.cut():
-            await asyncio.sleep(0)  # one loop step, well within the deadline
+            await resumed_by_the_loop()
     answered = deadlines.future()
     answered.set_result("answer")
     late = deadlines.future()
@@ -76,6 +84,8 @@ async def test_no_seconds_means_no_deadline() -> None:
     deadlines = DeadlineQueue(None)
     future = deadlines.future()
     with deadlines.cut():
-        await asyncio.sleep(0)
+        await resumed_by_the_loop()
+    # Nothing was queued for this loop, so no timer can ever fail or cut anything.
+    assert deadlines._by_loop.find(asyncio.get_running_loop()) is None
     assert not future.done()
     future.cancel()

@@ -8,7 +8,8 @@ success closes it, its failure opens it for another cool-down.
 
 A failure counts only if its call was let through since the breaker last opened or
 closed (its ``epoch``): a call sent to the old, dead server before the breaker closed
-again must not open it once more, nor end the probe of a half-open breaker.
+again must not open it once more, nor end the probe of a half-open breaker; nor does
+such a call's cancellation free the probe's turn.
 """
 
 from __future__ import annotations
@@ -105,8 +106,9 @@ class CircuitBreaker:
                 self.opened += 1
                 self.epoch += 1
 
-    def abandoned(self) -> None:
-        """A call that was allowed ended without a verdict (cancelled): free the probe."""
+    def abandoned(self, epoch: int) -> None:
+        """A call allowed at ``epoch`` ended without a verdict (cancelled): free the probe."""
         if self._probing:
             with self._lock:
-                self._probing = False
+                if epoch == self.epoch:  # an older call was never the probe
+                    self._probing = False

@@ -15,7 +15,10 @@ does (a cancellation from anyone else stays a cancellation).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sys
 from collections import deque
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -66,19 +69,7 @@ class _Cut:
             raise timeout_error(self._seconds) from exc
 
 
-class _NoCut:
-    """The block of a queue without a deadline."""
-
-    __slots__ = ()
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc_info: object) -> None:
-        return None
-
-
-_NO_CUT = _NoCut()
+_NO_CUT: AbstractContextManager[None] = contextlib.nullcontext()  # no deadline
 
 
 @dataclass
@@ -104,7 +95,7 @@ class DeadlineQueue:
             self._add(loop, self.seconds, future)
         return future
 
-    def cut(self) -> _Cut | _NoCut:
+    def cut(self) -> AbstractContextManager[None]:
         """A ``with`` block that raises ``TimeoutError`` if it is still running when due.
 
         Its task is cancelled then, so the statement it awaits ends where it stands.
@@ -148,13 +139,19 @@ def _expire(due: _Due, seconds: float) -> None:
     due.timer = loop.call_at(entries[0][0], _expire, due, seconds) if entries else None
 
 
-def _cancelling(task: asyncio.Task[Any]) -> int:
-    cancelling = getattr(task, "cancelling", None)  # Python 3.11+
-    return 0 if cancelling is None else int(cancelling())
+if sys.version_info >= (3, 11):
 
+    def _cancelling(task: asyncio.Task[Any]) -> int:
+        return task.cancelling()
 
-def _uncancel(task: asyncio.Task[Any]) -> int:
-    # Python 3.10 has no count of cancellation requests: a cancellation that meets a
-    # fired deadline is taken for the deadline's, as async_timeout does there.
-    uncancel = getattr(task, "uncancel", None)
-    return 0 if uncancel is None else int(uncancel())
+    def _uncancel(task: asyncio.Task[Any]) -> int:
+        return task.uncancel()
+
+else:  # Python 3.10 counts no cancellation requests: a cancellation that meets a fired
+    # deadline is taken for the deadline's, as async_timeout does there.
+
+    def _cancelling(task: asyncio.Task[Any]) -> int:
+        return 0
+
+    def _uncancel(task: asyncio.Task[Any]) -> int:
+        return 0

@@ -127,7 +127,7 @@ class _Mapped:
             policy.breaker.succeeded()
             return
         if not isinstance(exc, Exception) or isinstance(exc, CacheError):
-            policy.breaker.abandoned()
+            policy.breaker.abandoned(self._epoch)
             return  # cancellation/interrupt, or already the caller's error: as it is
         policy.breaker.failed(self._epoch)
         policy._count(exc)
