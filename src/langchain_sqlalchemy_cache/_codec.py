@@ -9,7 +9,11 @@ therefore cannot make the cache build arbitrary objects, and no secret is ever r
 from the environment. A row that does not decode is a miss, never an exception.
 
 langchain_core's ``dumpd``/``load`` would also do, but cost ~170 us and ~40 us per chat
-generation against ~25 us and ~30 us here, and a cache hit is mostly decoding.
+generation against ~25 us and ~30 us here, and a cache hit is mostly decoding. Two things
+keep the decode lean, each measured on the benchmark's ~2 KB chat generation (37 -> ~30
+us): orjson parses the JSON (3.8 us against 10 for ``json``) where it gives the same
+values, and each class is built by its constructor, which validates exactly as
+``model_validate`` does without its second pass through langchain's ``__init__``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,11 @@ from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, Generation, GenerationChunk
 
 from ._ratelimit import RateLimitedLog
+
+try:  # langsmith (so langchain-core) installs it on CPython
+    import orjson
+except ImportError:  # pragma: no cover - PyPy, or an install without it
+    orjson = None  # type: ignore[assignment]
 
 _UNLIMITED = RateLimitedLog(interval=0.0)
 
@@ -163,8 +172,33 @@ def _decode_entry(entry: Any) -> Generation:
     if issubclass(cls, ChatGeneration):
         message = entry["message"]
         message_cls = MESSAGE_CLASSES[message["class"]]
-        fields = {**fields, "message": message_cls.model_validate(_fields(message))}
-    return cls.model_validate(fields)
+        fields = {**fields, "message": message_cls(**_fields(message))}
+    return cls(**fields)
+
+
+# Byte -> b"0" for an ASCII digit, b" " for anything else: a run of 19 digits in the
+# translated payload may be an integer past 64 bits, which orjson reads as a float.
+_DIGITS = bytes(48 if 48 <= byte <= 57 else 32 for byte in range(256))
+_LONG_RUN = b"0" * 19
+
+
+def _parse(payload: bytes | memoryview | str) -> Any:
+    """The JSON value of ``payload``, exactly as ``json`` reads it.
+
+    orjson reads it when it can say the same: it refuses (and ``json`` then reads) what
+    it does not take, lone surrogates, NaN and out-of-range floats among them, and it
+    is not asked when the payload holds 19 digits in a row, since it turns integers
+    past 64 bits into floats where ``json`` keeps them whole.
+    """
+    if isinstance(payload, str):
+        return json.loads(payload)
+    data = payload if isinstance(payload, bytes) else bytes(payload)  # a driver's memoryview
+    if orjson is not None and _LONG_RUN not in data.translate(_DIGITS):
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(data.decode("utf-8", "surrogatepass"))
 
 
 def decode_generations(
@@ -176,10 +210,7 @@ def decode_generations(
     rate-limited one: whoever can write the table must not flood the log).
     """
     try:
-        text = (
-            payload if isinstance(payload, str) else bytes(payload).decode("utf-8", "surrogatepass")
-        )
-        entries = json.loads(text)
+        entries = _parse(payload)
         if not isinstance(entries, list):
             msg = f"a payload is a JSON array, got {type(entries).__name__}"
             raise TypeError(msg)
