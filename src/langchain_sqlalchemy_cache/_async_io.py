@@ -16,7 +16,7 @@ from ._engine_internals import DriverStatement, watched
 from ._held import HeldConnections
 from ._identity import PairCheck
 from ._loops import LoopEngines
-from ._retry import retry_delay
+from ._retry import as_dropped, retry_delay
 from ._statements import Params, batch_transaction
 from ._table import TableReadiness, prepare_table
 
@@ -144,8 +144,11 @@ class AsyncExecutor:
                     # Cut off mid-statement (a deadline): its reply may still come.
                     await discard(connection)
                     raise
-                except BaseException:
+                except BaseException as exc:
+                    dropped = as_dropped(exc, connection.invalidated)
                     await self._held.failed(connection)
+                    if dropped is not None:
+                        raise dropped from exc
                     raise
                 if hold:
                     await self._held.give(connection)

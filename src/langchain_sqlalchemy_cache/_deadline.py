@@ -36,6 +36,7 @@ from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ._errors import ConfigurationError
+from ._retry import lost_protocol
 
 DEFAULT_TIMEOUT = 2.0
 # Maintenance statements (clear, purge, trim, table stats) may scan a big table.
@@ -148,11 +149,16 @@ def _interrupt_cancelled_sqlite(context: ExceptionContext) -> None:
 
 
 def watch_async_engine(engine: Engine) -> None:
-    """Make a cancelled statement on ``engine`` (the AsyncEngine's core) stop at once."""
-    if engine.dialect.name == "sqlite" and not event.contains(
-        engine, "handle_error", _interrupt_cancelled_sqlite
-    ):
-        event.listen(engine, "handle_error", _interrupt_cancelled_sqlite)
+    """Hook ``engine`` (the AsyncEngine's core) so that a failed statement ends cleanly.
+
+    A cancelled statement on SQLite stops at once; an asyncpg connection whose protocol
+    state broke is replaced (``lost_protocol``), so the call's one retry can hide it.
+    """
+    hook = {"sqlite": _interrupt_cancelled_sqlite, "asyncpg": lost_protocol}.get(
+        engine.dialect.driver if engine.dialect.name == "postgresql" else engine.dialect.name
+    )
+    if hook is not None and not event.contains(engine, "handle_error", hook):
+        event.listen(engine, "handle_error", hook)
 
 
 # The sync side.

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import random
 
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.exc import DBAPIError, InterfaceError
 
 # PostgreSQL SQLSTATEs: deadlock_detected, serialization_failure, lock_not_available.
 _PG_CONFLICTS = frozenset({"40P01", "40001", "55P03"})
@@ -34,6 +35,31 @@ def mysql_error_code(error: BaseException | None) -> object:
     """The MySQL error number of a driver exception (its first argument), if any."""
     args: tuple[object, ...] = getattr(error, "args", ())
     return args[0] if args else None
+
+
+def lost_protocol(context: ExceptionContext) -> None:
+    """``handle_error`` hook: a driver that lost its place in the protocol dropped the link.
+
+    A statement sent while a terminated session's goodbye is still unread makes asyncpg
+    0.29 raise ``InternalClientError`` ("cannot switch to state 12; another operation (2)
+    is in progress"). SQLAlchemy passes it on unwrapped and would pool the connection;
+    counted as a disconnect, the connection (and the pool's older ones, likely ended
+    the same way) is replaced.
+    """
+    error = type(context.original_exception)
+    if error.__name__ == "InternalClientError" and error.__module__.startswith("asyncpg"):
+        context.is_disconnect = True
+
+
+def as_dropped(exc: BaseException, invalidated: bool) -> DBAPIError | None:
+    """``exc`` as a dropped-connection error, if the driver raised it unwrapped.
+
+    ``invalidated``: whether SQLAlchemy invalidated the connection over it
+    (``lost_protocol``). The result reaches ``retry_delay`` as any drop does.
+    """
+    if not invalidated or isinstance(exc, DBAPIError) or not isinstance(exc, Exception):
+        return None
+    return InterfaceError(None, None, exc, connection_invalidated=True)
 
 
 def is_lock_conflict(exc: DBAPIError) -> bool:
