@@ -12,12 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, Generation, GenerationChunk
+from pydantic import BaseModel
 
 from langchain_sqlalchemy_cache._codec import (
     UncacheableError,
     _parse,
     decode_generations,
     encode_generations,
+    freeze,
+    thaw,
 )
 
 from .helpers import HOSTILE_PAYLOADS
@@ -103,6 +106,44 @@ def test_decode_returns_equal_objects_of_the_same_classes(value: list[Generation
     for original, copy in zip(value, decoded, strict=True):
         if isinstance(original, ChatGeneration):
             assert type(copy.message) is type(original.message)  # type: ignore[attr-defined]
+
+
+def anatomy(value: Any, mutable: list[object]) -> Any:
+    """Everything that makes up ``value``: classes, fields, fields set, extras, recursively.
+
+    Its mutable parts (models, lists, dicts) are appended to ``mutable``.
+    """
+    if isinstance(value, BaseModel):
+        mutable.append(value)
+        return (
+            type(value),
+            anatomy(value.__dict__, []),
+            sorted(value.model_fields_set),
+            anatomy(value.__pydantic_extra__, mutable),
+            anatomy(value.__pydantic_private__, mutable),
+        )
+    if isinstance(value, dict):
+        mutable.append(value)
+        return (dict, [(anatomy(k, mutable), anatomy(v, mutable)) for k, v in value.items()])
+    if isinstance(value, list):
+        mutable.append(value)
+        return (list, [anatomy(item, mutable) for item in value])
+    return (type(value), repr(value))
+
+
+@settings(max_examples=300, deadline=None)
+@given(generations())
+def test_a_tier_snapshot_reads_back_as_the_decoded_objects(value: list[Generation]) -> None:
+    decoded = decode_generations(encode_generations(value))
+    assert decoded is not None
+    snapshot = freeze(decoded)
+    assert snapshot is not None
+    parts: list[list[object]] = [[], [], []]
+    first, second = thaw(snapshot), thaw(snapshot)
+    assert anatomy(first, parts[0]) == anatomy(decoded, parts[1]) == anatomy(second, parts[2])
+    # No list, dict or model is shared: a caller's change reaches no other caller.
+    ids = [{id(part) for part in group} for group in parts]
+    assert len(ids[0] | ids[1] | ids[2]) == sum(len(group) for group in parts)
 
 
 def test_user_data_shaped_like_a_serialized_object_stays_data() -> None:

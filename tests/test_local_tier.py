@@ -97,14 +97,17 @@ def test_an_entry_read_from_the_table_is_kept(make_cache: CacheFactory) -> None:
 def test_a_hit_changed_by_its_caller_does_not_change_the_next(cache: SQLAlchemyCache) -> None:
     answer = [ChatGeneration(message=AIMessage("original", tool_calls=[]))]
     cache.update("p", LLM, answer)
-    first = cache.lookup("p", LLM)
-    assert first is not None
-    first[0].message.content = "changed"  # type: ignore[attr-defined]
-    first.append(Generation(text="extra"))  # type: ignore[attr-defined]
-    second = cache.lookup("p", LLM)
-    assert second == answer
-    assert second is not first
-    assert cache.stats().memory_hits == 2
+    # The first hit decodes the payload; later ones read the tier's snapshot.
+    for _ in range(3):
+        got = cache.lookup("p", LLM)
+        assert got == answer
+        assert isinstance(got, list)
+        message = got[0].message
+        assert isinstance(message, AIMessage)
+        message.content = "changed"
+        message.tool_calls.append({"name": "f", "args": {}, "id": "1"})
+        got.append(Generation(text="extra"))
+    assert cache.stats().memory_hits == 3
 
 
 def test_off_with_local_max_bytes_zero(make_cache: CacheFactory) -> None:
@@ -276,6 +279,7 @@ _ops = st.lists(
         st.tuples(st.just("put"), _keys, st.integers(0, 3000)),
         st.tuples(st.just("get"), _keys, st.just(0)),
         st.tuples(st.just("forget"), _keys, st.just(0)),
+        st.tuples(st.just("trust"), _keys, st.integers(0, 6000)),
     ),
     max_size=80,
 )
@@ -285,24 +289,32 @@ _ops = st.lists(
 @given(max_bytes=st.integers(0, 8000), ops=_ops)
 def test_the_byte_bound_holds(max_bytes: int, ops: list[tuple[str, str, int]]) -> None:
     tier = LocalTier(max_bytes, max_staleness=1.0, ttl=None, clock=lambda: 0.0)
-    model: dict[str, bytes] = {}  # what may still be held, most recently used last
+    # What may still be held (payload, whether a snapshot), most recently used last.
+    model: dict[str, tuple[bytes, bool]] = {}
     for op, key, size in ops:
         if op == "put":
             payload = bytes([size % 251]) * size
             tier.put(key, payload, time.time(), since=tier.mark())
             model.pop(key, None)
             if len(key) + size + ENTRY_OVERHEAD <= max_bytes:
-                model[key] = payload
-        elif op == "get":
-            got = tier.get(key)
-            if got is not None:
-                assert got == model[key]
-                model[key] = model.pop(key)
-        else:
+                model[key] = (payload, False)
+        elif op == "forget":
             tier.forget()
             model.clear()
+        else:
+            got = tier.get(key)
+            if got is None:
+                continue
+            assert (got.payload, got.snapshot) == model[key]
+            model[key] = model.pop(key)
+            if op == "trust":  # a hit swaps the payload for a snapshot of another size
+                snapshot = bytes([size % 251]) * size
+                tier.trust(key, got, snapshot)
+                model.pop(key)
+                if len(key) + size + ENTRY_OVERHEAD <= max_bytes:
+                    model[key] = (snapshot, True)
         held = {k: v for k, v in model.items() if tier.get(k) is not None}
-        charged = sum(len(k) + len(v) + ENTRY_OVERHEAD for k, v in held.items())
+        charged = sum(len(k) + len(v[0]) + ENTRY_OVERHEAD for k, v in held.items())
         assert tier.held_bytes == charged <= max_bytes
         assert len(tier) == len(held)
         # Least recently used out first: what is held is a suffix of the use order.
@@ -322,7 +334,25 @@ def test_a_read_cannot_bring_back_what_a_clear_removed() -> None:
     since = tier.mark()  # a read starts and sees the old row
     tier.put("k", b"new", 0.0, since=tier.mark(), read=False)  # a write lands first
     tier.put("k", b"old", 0.0, since=since)
-    assert tier.get("k") == b"new"
+    held = tier.get("k")
+    assert held is not None
+    assert held.payload == b"new"
+
+
+def test_a_snapshot_never_replaces_a_newer_entry() -> None:
+    tier = LocalTier(10_000, max_staleness=1.0, ttl=None)
+    tier.put("k", b"old", 0.0, since=tier.mark(), read=False)
+    decoded = tier.get("k")  # a hit starts decoding the old payload
+    assert decoded is not None
+    tier.put("k", b"new", 0.0, since=tier.mark(), read=False)  # a write lands meanwhile
+    tier.trust("k", decoded, b"snapshot of old")
+    held = tier.get("k")
+    assert held is not None
+    assert (held.payload, held.snapshot) == (b"new", False)
+    tier.trust("k", held, b"snapshot of new")
+    held = tier.get("k")
+    assert held is not None
+    assert (held.payload, held.snapshot) == (b"snapshot of new", True)
 
 
 def test_a_read_entry_ages_from_when_the_read_started() -> None:
@@ -332,6 +362,8 @@ def test_a_read_entry_ages_from_when_the_read_started() -> None:
     clock.now = 100.6  # the answer arrives
     tier.put("k", b"row", 0.0, since=since)
     clock.now = 100.99
-    assert tier.get("k") == b"row"
+    held = tier.get("k")
+    assert held is not None
+    assert held.payload == b"row"
     clock.now = 101.0  # one second after the row was seen, not after it arrived
     assert tier.get("k") is None

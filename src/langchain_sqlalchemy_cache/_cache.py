@@ -22,6 +22,8 @@ from ._breaker import CircuitBreaker
 from ._codec import (
     decode_generations,
     encode_generations,
+    freeze,
+    thaw,
     validate_generations,
 )
 from ._community import check_cache_schema
@@ -430,8 +432,17 @@ class SQLAlchemyCache(BaseCache):
     # The in-process tier and single flight, around the statements of both sides.
 
     def _from_memory(self, key: str, start: float) -> RETURN_VAL_TYPE | None:
-        payload = None if self._tier is None else self._tier.get(key)
-        result = None if payload is None else decode_generations(payload, self._skipped_log)
+        tier = self._tier
+        held = None if tier is None else tier.get(key)
+        if tier is None or held is None:
+            return None
+        if held.snapshot:
+            result: RETURN_VAL_TYPE | None = thaw(held.payload)
+        else:
+            result = decode_generations(held.payload, self._skipped_log)
+            snapshot = None if result is None else freeze(result)
+            if snapshot is not None:  # taken before the caller can change the objects
+                tier.trust(key, held, snapshot)
         if result is not None:
             self._counters.lookup(hit=True, seconds=perf_counter() - start, memory=True)
         return result

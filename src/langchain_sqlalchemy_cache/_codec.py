@@ -14,11 +14,15 @@ keep the decode lean, each measured on the benchmark's ~2 KB chat generation (37
 us): orjson parses the JSON (3.8 us against 10 for ``json``) where it gives the same
 values, and each class is built by its constructor, which validates exactly as
 ``model_validate`` does without its second pass through langchain's ``__init__``.
+
+The in-process tier goes further (``freeze``/``thaw``): once a payload has been decoded and
+validated, it keeps a pickle of the objects, which reads back in about half the time.
 """
 
 from __future__ import annotations
 
 import json
+import pickle
 from collections.abc import Sequence
 from typing import Any
 
@@ -223,3 +227,27 @@ def decode_generations(
             exc,
         )
         return None
+
+
+def freeze(generations: list[Generation]) -> bytes | None:
+    """A snapshot of generations ``decode_generations`` built, for the in-process tier.
+
+    A pickle: bytes, so every hit still gets objects of its own, and reading it back
+    (``thaw``) skips the JSON parse and the validation, which these objects already
+    passed: 9 against 16 us for a short chat answer, 11 against 23 for 2 KB. Snapshots
+    are made only here, held only in this process's memory and read back only by
+    ``thaw``: nothing from the table, a file or the network is ever unpickled.
+
+    Returns:
+        The snapshot, or None if pickle cannot take a value (the payload serves then).
+    """
+    try:
+        return pickle.dumps(generations, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # the tier must never fail a lookup: the JSON payload still works
+        return None
+
+
+def thaw(snapshot: bytes) -> list[Generation]:
+    """The generations of a ``freeze`` snapshot, as new objects."""
+    generations: list[Generation] = pickle.loads(snapshot)  # made by freeze
+    return generations

@@ -1,8 +1,9 @@
 """The in-process tier: recently read or written entries, as stored payload bytes.
 
 A hit from memory is a dictionary probe, a hash and a decode: no statement, no await.
-Entries are the payload bytes the table holds, so every hit decodes objects of its own
-and no caller can change what the next one gets.
+Entries are bytes, so every hit builds objects of its own and no caller can change what
+the next one gets: first the payload the table holds; once a hit has decoded it, the
+cache's snapshot of the validated objects (``trust``), which reads back faster.
 
 How stale an entry can be is bounded by its age, not by notifications: an entry is
 served for at most ``max_staleness`` seconds after it was read from the table or
@@ -21,12 +22,12 @@ wins over what the read returns.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import NamedTuple
 
 # Bytes charged per entry on top of its key and payload: the dict slot, the entry object
@@ -45,13 +46,16 @@ class Mark(NamedTuple):
     at: float
 
 
-@dataclass(frozen=True)
-class _Entry:
+@dataclasses.dataclass(frozen=True)
+class Held:
+    """An entry of the tier: what ``get`` returns."""
+
     payload: bytes
     loaded_at: float  # monotonic clock: when it was read or written
     expires_at: float  # wall clock: when its ttl ends (inf without a ttl)
     seq: int  # the tier's sequence number when it was stored
     size: int
+    snapshot: bool = False  # payload is the cache's snapshot of decoded objects (``trust``)
 
 
 class LocalTier:
@@ -81,7 +85,7 @@ class LocalTier:
         self.clock = clock
         self.wall_clock = wall_clock
         self._lock = threading.Lock()
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._entries: OrderedDict[str, Held] = OrderedDict()
         self._bytes = 0
         self._seq = 0
         self._flushed_at = 0  # the sequence number of the last flush
@@ -100,8 +104,8 @@ class LocalTier:
             self._seq += 1
             return Mark(self._seq, self.clock())
 
-    def get(self, key: str) -> bytes | None:
-        """The payload of ``key`` if held and still fresh enough to serve, else None."""
+    def get(self, key: str) -> Held | None:
+        """The entry of ``key`` if held and still fresh enough to serve, else None."""
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
@@ -113,7 +117,24 @@ class LocalTier:
                 self._remove(key, entry)
                 return None
             self._entries.move_to_end(key)
-            return entry.payload
+            return entry
+
+    def trust(self, key: str, held: Held, snapshot: bytes) -> None:
+        """Serve ``snapshot`` instead of ``held``'s payload, if ``key`` still holds ``held``.
+
+        The cache decodes a payload once and then keeps a snapshot of the objects,
+        which reads back faster; the entry keeps its age, ttl and place in the order.
+        An entry replaced, dropped or flushed meanwhile is left as it is.
+        """
+        with self._lock:
+            if self._entries.get(key) is not held:
+                return
+            size = held.size - len(held.payload) + len(snapshot)
+            self._entries[key] = dataclasses.replace(
+                held, payload=snapshot, size=size, snapshot=True
+            )
+            self._bytes += size - held.size
+            self._evict()
 
     def put(
         self, key: str, payload: bytes, updated_at: float, *, since: Mark, read: bool = True
@@ -144,15 +165,13 @@ class LocalTier:
                 return
             self._seq += 1
             loaded_at = since.at if read else self.clock()
-            entry = _Entry(payload, loaded_at, expires_at, self._seq, size)
+            entry = Held(payload, loaded_at, expires_at, self._seq, size)
             old = self._entries.pop(key, None)
             if old is not None:
                 self._bytes -= old.size
             self._entries[key] = entry
             self._bytes += size
-            while self._bytes > self.max_bytes:
-                _, evicted = self._entries.popitem(last=False)
-                self._bytes -= evicted.size
+            self._evict()
 
     def discard(self, key: str) -> None:
         """Forget ``key``; reads already in flight cannot bring it back.
@@ -179,6 +198,11 @@ class LocalTier:
             self._seq += 1
             self._flushed_at = self._seq
 
-    def _remove(self, key: str, entry: _Entry) -> None:
+    def _evict(self) -> None:
+        while self._bytes > self.max_bytes:
+            _, evicted = self._entries.popitem(last=False)
+            self._bytes -= evicted.size
+
+    def _remove(self, key: str, entry: Held) -> None:
         del self._entries[key]
         self._bytes -= entry.size
