@@ -386,6 +386,22 @@ def ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def ceilings(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """InMemoryCache against AsyncRedisCache in the FastAPI app, per connection count.
+
+    InMemoryCache does no work on a hit (it returns the stored objects themselves), so
+    no cache can serve the app faster: its ratio is the most a ">= x Redis" target can
+    reach on this machine.
+    """
+    http = medians(results["http"], ("cache", "connections"), "requests_per_s")
+    rows = []
+    for connections in (1, 10):
+        mine, theirs = http.get(("inmemory", connections)), http.get(("redis", connections))
+        if mine and theirs:
+            rows.append({"connections": connections, "inmemory_over_redis": mine / theirs})
+    return rows
+
+
 def _ratio_row(
     label: str,
     mine: float | None,
@@ -424,6 +440,11 @@ def print_summary(results: dict[str, Any]) -> None:
         paired = row.get("round_ratios") or []
         spread = f"rounds {paired[0]:.2f}-{paired[-1]:.2f}x" if paired else ""
         print(f"  {row['what']:46} {ratio:>7}  {spread:22} (target >= {row['target']}x: {verdict})")
+    for row in results.get("ceilings", []):
+        print(
+            f"  ceiling: FastAPI {row['connections']} conn, inmemory / redis "
+            f"{row['inmemory_over_redis']:.2f}x (no cache serves the app faster than inmemory)"
+        )
 
 
 def write_chart(results: dict[str, Any], path: Path) -> None:
@@ -470,6 +491,7 @@ def summarize(path: Path) -> None:
     """Recompute the ratios of a ``hot.json``, print them, and redraw its chart."""
     results = json.loads(path.read_text())
     results["ratios"] = ratios(results)
+    results["ceilings"] = ceilings(results)
     path.write_text(json.dumps(results, indent=1, default=str))
     print_summary(results)
     write_chart(results, path.with_suffix(".png"))
@@ -493,6 +515,7 @@ def main(argv: list[str] | None = None) -> int:
     results["hits"] = asyncio.run(bench_hits(args, workload, results["skipped"]))
     results["http"] = [] if args.no_http else bench_http(args)
     results["ratios"] = ratios(results)
+    results["ceilings"] = ceilings(results)
     results["machine"]["load_average_at_end"] = load_average()
     results["duration_s"] = time.perf_counter() - started
     print_summary(results)
