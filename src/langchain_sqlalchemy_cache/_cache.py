@@ -254,8 +254,9 @@ class SQLAlchemyCache(BaseCache):
             breaker_cooldown: Seconds (or a ``timedelta``) the breaker stays open
                 (default 2): short enough that a failover is followed within seconds.
             local_max_bytes: Bytes of recently read or written entries kept in this
-                process (payload bytes, least recently used out first), served without
-                a statement. 32 MiB by default; 0 turns the in-process tier off.
+                process (payloads, or once read a snapshot of their objects; least
+                recently used out first), served without a statement. 32 MiB by
+                default; 0 turns the in-process tier off.
             local_max_staleness: Seconds (or a ``timedelta``) an entry is served from
                 memory after it was read or written (default 1.0): what another
                 process (or the command line) writes, clears, purges or trims is seen

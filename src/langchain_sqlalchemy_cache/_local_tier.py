@@ -1,4 +1,4 @@
-"""The in-process tier: recently read or written entries, as stored payload bytes.
+"""The in-process tier: recently read or written entries, held as bytes.
 
 A hit from memory is a dictionary probe, a hash and a decode: no statement, no await.
 Entries are bytes, so every hit builds objects of its own and no caller can change what
