@@ -161,9 +161,12 @@ class AsyncpgBatchFloor(AsyncSubject):
 
 
 class DecodeLimit(AsyncSubject):
-    """The key's hash and the payload's decode, and nothing else: no cache is faster.
+    """The key's hash and the payload's decode, and nothing else.
 
-    Payloads sit in a dict, encoded as the cache stores them.
+    Payloads sit in a dict, encoded as the cache stores them: the least any hit read from
+    the table costs, since a row is untrusted and must be decoded and validated. The
+    in-process tier can pass it: from an entry's second hit on, it reads back a snapshot
+    of objects it has already validated.
     """
 
     def __init__(self, backend: Backend) -> None:
