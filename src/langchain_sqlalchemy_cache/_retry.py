@@ -42,13 +42,17 @@ def lost_protocol(context: ExceptionContext) -> None:
 
     A statement sent while a terminated session's goodbye is still unread makes asyncpg
     0.29 raise ``InternalClientError`` ("cannot switch to state 12; another operation (2)
-    is in progress"). SQLAlchemy passes it on unwrapped and would pool the connection;
-    counted as a disconnect, the connection (and the pool's older ones, likely ended
-    the same way) is replaced.
+    is in progress"). SQLAlchemy 2.0 passes it on unwrapped, 2.1 as an ``InternalError``,
+    and neither counts it as a disconnect, so the connection would be pooled again;
+    counted as one, the connection (and the pool's older ones, likely ended the same
+    way) is replaced.
     """
-    error = type(context.original_exception)
-    if error.__name__ == "InternalClientError" and error.__module__.startswith("asyncpg"):
-        context.is_disconnect = True
+    error = context.original_exception
+    # SQLAlchemy 2.1 wraps it in an exception of its own adapter, caused by asyncpg's.
+    for raised in (error, error.__cause__):
+        kind = type(raised)
+        if kind.__name__ == "InternalClientError" and kind.__module__.startswith("asyncpg"):
+            context.is_disconnect = True
 
 
 def as_dropped(exc: BaseException, invalidated: bool) -> DBAPIError | None:
