@@ -11,8 +11,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from asyncpg.exceptions import InternalClientError
-from asyncpg.prepared_stmt import PreparedStatement
+from asyncpg.exceptions import InternalClientError  # type: ignore[import-untyped]
+from asyncpg.prepared_stmt import PreparedStatement  # type: ignore[import-untyped]
 
 from langchain_sqlalchemy_cache import SQLAlchemyCache
 
