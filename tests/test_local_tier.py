@@ -97,8 +97,13 @@ def test_an_entry_read_from_the_table_is_kept(make_cache: CacheFactory) -> None:
 def test_a_hit_changed_by_its_caller_does_not_change_the_next(cache: SQLAlchemyCache) -> None:
     answer = [ChatGeneration(message=AIMessage("original", tool_calls=[]))]
     cache.update("p", LLM, answer)
+    tier = cache._tier
+    assert tier is not None
     # The first hit decodes the payload; later ones read the tier's snapshot.
-    for _ in range(3):
+    for snapshot_before in (False, True, True):
+        held = tier.get(cache._key("p", LLM))
+        assert held is not None
+        assert held.snapshot is snapshot_before
         got = cache.lookup("p", LLM)
         assert got == answer
         assert isinstance(got, list)

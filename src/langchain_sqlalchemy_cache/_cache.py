@@ -434,8 +434,10 @@ class SQLAlchemyCache(BaseCache):
 
     def _from_memory(self, key: str, start: float) -> RETURN_VAL_TYPE | None:
         tier = self._tier
-        held = None if tier is None else tier.get(key)
-        if tier is None or held is None:
+        if tier is None:
+            return None
+        held = tier.get(key)
+        if held is None:
             return None
         if held.snapshot:
             result: RETURN_VAL_TYPE | None = thaw(held.payload)

@@ -26,6 +26,7 @@ import sqlite3
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import timedelta
 from types import TracebackType
@@ -154,10 +155,13 @@ def watch_async_engine(engine: Engine) -> None:
     A cancelled statement on SQLite stops at once; an asyncpg connection whose protocol
     state broke is replaced (``lost_protocol``), so the call's one retry can hide it.
     """
-    hook = {"sqlite": _interrupt_cancelled_sqlite, "asyncpg": lost_protocol}.get(
-        engine.dialect.driver if engine.dialect.name == "postgresql" else engine.dialect.name
-    )
-    if hook is not None and not event.contains(engine, "handle_error", hook):
+    if engine.dialect.name == "sqlite":
+        hook: Callable[[ExceptionContext], None] = _interrupt_cancelled_sqlite
+    elif engine.dialect.driver == "asyncpg":
+        hook = lost_protocol
+    else:
+        return
+    if not event.contains(engine, "handle_error", hook):
         event.listen(engine, "handle_error", hook)
 
 
