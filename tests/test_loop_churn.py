@@ -19,6 +19,7 @@ from langchain_core.outputs import Generation
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from langchain_sqlalchemy_cache import SQLAlchemyCache
+from langchain_sqlalchemy_cache._loops import PerLoop
 
 from .conftest import CacheFactory
 
@@ -167,3 +168,38 @@ def test_loops_that_ended_are_not_kept_alive_by_the_cache(make_cache: CacheFacto
     alive = [ref() is not None for ref in loops]
     assert alive[:-1] == [False] * 4, alive
     cache.close()
+
+
+class _Value:
+    """A per-loop value that can be watched with a weak reference."""
+
+
+def test_per_loop_values_stay_with_their_loop_when_loops_take_turns() -> None:
+    # PerLoop remembers the last loop it served (its fast path): a loop that asks after
+    # another one must still get its own value, and a closed loop's value must go.
+    values: PerLoop[_Value] = PerLoop(_Value)
+    first = asyncio.new_event_loop()
+    second = asyncio.new_event_loop()
+
+    async def get() -> _Value:
+        return values.get()
+
+    try:
+        a = first.run_until_complete(get())
+        b = second.run_until_complete(get())
+        assert a is not b
+        assert first.run_until_complete(get()) is a
+        assert second.run_until_complete(get()) is b
+        # Loops made and ended in between get values of their own.
+        other = [asyncio.run(get()) for _ in range(2)]
+        assert other[0] is not other[1], "each asyncio.run is a loop of its own"
+        assert {id(v) for v in other}.isdisjoint({id(a), id(b)})
+        assert first.run_until_complete(get()) is a
+    finally:
+        first.close()
+        second.close()
+    gone = weakref.ref(a)
+    del a, b, other
+    values.drop_closed()
+    gc.collect()
+    assert gone() is None, "a closed loop's value is still held"

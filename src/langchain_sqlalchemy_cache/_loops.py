@@ -71,10 +71,16 @@ class PerLoop(Generic[T]):
         self._items: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, T] = (
             weakref.WeakKeyDictionary()
         )
+        # The last loop asked for and its T: most callers ask from one loop, and a
+        # WeakKeyDictionary lookup makes a weak reference each time.
+        self._last: tuple[weakref.ref[asyncio.AbstractEventLoop], T] | None = None
 
     def get(self) -> T:
         """The ``T`` of the running event loop, made (on that loop) if it has none yet."""
         loop = asyncio.get_running_loop()
+        last = self._last
+        if last is not None and last[0]() is loop:
+            return last[1]
         item = self._items.get(loop)
         if item is None:
             with self._lock:
@@ -82,6 +88,7 @@ class PerLoop(Generic[T]):
                 if item is None:
                     self._drop_closed()
                     item = self._items[loop] = self._factory()
+        self._last = (weakref.ref(loop), item)
         return item
 
     def find(self, loop: asyncio.AbstractEventLoop) -> T | None:
@@ -103,6 +110,9 @@ class PerLoop(Generic[T]):
             item = self._items[gone]
             if self._on_closed is None or self._on_closed(item):
                 self._items.pop(gone, None)
+                last = self._last
+                if last is not None and last[1] is item:
+                    self._last = None
 
 
 def clone_engine(base: AsyncEngine) -> AsyncEngine:
