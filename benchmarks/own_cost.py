@@ -3,13 +3,13 @@
 ``benchmarks.hot`` measures hits against PostgreSQL, where the server, the driver and a
 noisy machine all move the figures. This takes them out: the cache's batch function is
 replaced by a dictionary of the stored payloads, reached after one event-loop hop (as a
-reply would be), and so is the batching floor's statement. What is left is each side's
-own Python: the key, the queue, the wake-up and the decode on both; the deadline, the
-error policy, the statistics and the coalescer on this cache's side. The figure is
-process CPU per hit, the median over rounds that alternate the two.
+reply would be), and so are the connections of ``benchmarks.hot``'s batching floor. What
+is left is each side's own Python: the key, the queue, the wake-up and the decode on
+both; the deadline, the error policy, the statistics and the coalescer on this cache's
+side. The figure is process CPU per hit, the median over rounds that alternate the two.
 
-It reaches into the cache's private batch function on purpose: it is a diagnostic of
-where the cache's time goes, not a use of its API.
+It reaches into private attributes of the cache and the floor on purpose: it is a
+diagnostic of where the cache's time goes, not a use of its API.
 
     python -m benchmarks.own_cost [--concurrency 1,100,1000] [--rounds 10] [--seconds 0.5]
 """
@@ -27,54 +27,30 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from langchain_sqlalchemy_cache import SQLAlchemyCache
-from langchain_sqlalchemy_cache._codec import decode_generations, encode_generations
+from langchain_sqlalchemy_cache._codec import encode_generations
 from langchain_sqlalchemy_cache._keys import cache_key
 
+from .peers import AsyncpgBatchFloor
+from .subjects import Backend
 from .workload import build_workload
 
 DEFAULT_POSTGRES = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-MAX_BATCH = 500
 SLOTS = 5
 
 Lookup = Callable[[str, str], Awaitable[Any]]
 Stored = dict[str, tuple[bytes, float]]
 
 
-class DictFloor:
-    """The batching floor of ``benchmarks.peers`` with a dictionary for its statement."""
+class DictConnection:
+    """An asyncpg connection's ``fetch`` for the batching floor, served from a dictionary."""
 
     def __init__(self, stored: Stored) -> None:
         self.stored = stored
-        self.pending: list[tuple[str, asyncio.Future[tuple[bytes, float] | None]]] = []
-        self.idle = SLOTS
-        self.tasks: set[asyncio.Task[None]] = set()
 
-    async def _drain(self) -> None:
-        try:
-            while self.pending:
-                batch = self.pending[:MAX_BATCH]
-                del self.pending[:MAX_BATCH]
-                found = await fetch(self.stored, [key for key, _ in batch])
-                for (_, future), row in zip(batch, found, strict=True):
-                    if not future.done():
-                        future.set_result(row)
-        finally:
-            self.idle += 1
-
-    async def alookup(self, prompt: str, llm_string: str) -> Any:
-        """Key, queue, wait, decode."""
-        key = cache_key(prompt, llm_string)
-        future: asyncio.Future[tuple[bytes, float] | None] = (
-            asyncio.get_running_loop().create_future()
-        )
-        self.pending.append((key, future))
-        if self.idle:
-            self.idle -= 1
-            task = asyncio.ensure_future(self._drain())
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
-        row = await future
-        return None if row is None else decode_generations(row[0])
+    async def fetch(self, _query: str, keys: list[str]) -> list[tuple[str, bytes]]:
+        """The rows of the keys found, after one loop hop, as the floor's statement."""
+        await asyncio.sleep(0)
+        return [(key, self.stored[key][0]) for key in keys if key in self.stored]
 
 
 async def fetch(stored: Stored, keys: Sequence[str]) -> list[tuple[bytes, float] | None]:
@@ -114,8 +90,13 @@ async def run(args: argparse.Namespace) -> None:
     cache = SQLAlchemyCache(args.postgres, table_name="own_cost_never_created", local_max_bytes=0)
     lookups: Any = cache._lookups
     lookups._run_batch = lambda keys: fetch(stored, keys)
-    lookups._inline = None
-    floor = DictFloor(stored)
+    # A lone call runs in its caller's task, as the floor's lone call does (in the
+    # benchmark proper, asyncpg's driver path decides that).
+    lookups._inline = lambda: True
+    # benchmarks.hot's floor itself, its connections replaced; never set up or torn down.
+    floor = AsyncpgBatchFloor(Backend("postgresql", pg_url=args.postgres), SLOTS)
+    floor.connections.idle = [DictConnection(stored) for _ in range(SLOTS)]
+    floor._select = ""
     print(f"{'c':>5} {'this cache':>12} {'floor':>8} {'ratio':>6} {'extra':>7}  (CPU us per hit)")
     try:
         for c in args.levels:

@@ -737,27 +737,23 @@ class SQLAlchemyCache(BaseCache):
         if self._policy.admit("lookup"):
             try:
                 with self._policy.mapped("lookup"):
-                    flights = self._flights
-                    if flights is None:  # inline, not a coroutine of its own: most calls
-                        since = self._mark()
-                        found = await self._lookups.submit(key)
-                        return self._answered(self._fetched(key, found, since), start)
-                    return self._answered(await self._alookup_flying(key, flights), start)
+                    return self._answered(await self._alookup_stored(key), start)
             except OperationFailed as failure:
                 self._policy.absorb(failure)
         if self._flights is None:
             return None
         return self._unanswered(key, await self._flights.await_key(key, lead=True), start)
 
-    async def _alookup_flying(self, key: str, flights: Flights) -> RETURN_VAL_TYPE | None:
-        """The table's answer under single flight: wait for a filler, or become one."""
-        waited = await flights.await_key(key, lead=False)
-        if waited is not None:
-            return _waited(waited)
+    async def _alookup_stored(self, key: str) -> RETURN_VAL_TYPE | None:
+        flights = self._flights
+        if flights is not None:
+            waited = await flights.await_key(key, lead=False)
+            if waited is not None:
+                return _waited(waited)
         since = self._mark()
         found = await self._lookups.submit(key)  # within the per-call timeout
         result = self._fetched(key, found, since)
-        if result is None:
+        if result is None and flights is not None:
             return _waited(await flights.await_key(key, lead=True))
         return result
 
