@@ -44,7 +44,11 @@ async def read_line() -> str:
 async def run(url: str, table: str, worker: int) -> dict[str, Any]:
     # The tier off: the test watches the table itself, and its writers keep rewriting
     # every key, so with the tier they would keep their own fresh copies past the clear.
-    cache = SQLAlchemyCache(url, table_name=table, on_error="raise", local_max_bytes=0)
+    # A generous deadline: four processes contend for row locks on two cores, and the
+    # test counts every error; the default 2 s is about waits, not this test's subject.
+    cache = SQLAlchemyCache(
+        url, table_name=table, on_error="raise", local_max_bytes=0, timeout=30.0
+    )
     await cache.alookup("warm-up", LLM)  # connect and create the table before the start
     print("ready", flush=True)
     await read_line()
@@ -112,7 +116,7 @@ async def run(url: str, table: str, worker: int) -> dict[str, Any]:
 
 def clear(url: str, table: str) -> None:
     """Clear the table once told to, from a process of its own; report at once."""
-    cache = SQLAlchemyCache(url, table_name=table, on_error="raise")
+    cache = SQLAlchemyCache(url, table_name=table, on_error="raise", timeout=30.0)
     cache.lookup("warm-up", LLM)
     print("ready", flush=True)
     sys.stdin.readline()

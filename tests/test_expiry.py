@@ -21,7 +21,7 @@ async def test_an_expired_entry_is_a_miss(make_cache: CacheFactory) -> None:
     await cache.aupdate("old", LLM, value("old"))
     await cache.aupdate("new", LLM, value("new"))
     age(cache, "old", 601)
-    age(cache, "new", 599)
+    age(cache, "new", 540)  # a minute to spare: the calls below take real time
     assert await cache.alookup("old", LLM) is None
     assert cache.lookup("old", LLM) is None
     assert await cache.alookup("new", LLM) == value("new")

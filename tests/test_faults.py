@@ -173,7 +173,11 @@ async def test_no_pool_timeout_when_the_server_is_slow(postgres_url: str) -> Non
             postgres_url, proxy, pool_size=2, max_overflow=0, pool_timeout=1
         )
         table = unique_table()
-        cache = SQLAlchemyCache(async_engine, sync_engine=sync_engine, table_name=table)
+        # The subject is the pool's timeout, not the call's: 3,000 calls queue behind two
+        # slow connections, longer than the default 2 s on a loaded machine.
+        cache = SQLAlchemyCache(
+            async_engine, sync_engine=sync_engine, table_name=table, timeout=30.0
+        )
         await cache.aupdate("p0", LLM, value("x"))
         proxy.delay = 0.05  # each statement takes long enough to exhaust a pool of 2
         results = await asyncio.gather(*(cache.alookup(f"p{i % 3}", LLM) for i in range(3000)))

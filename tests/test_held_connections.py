@@ -196,6 +196,10 @@ async def test_a_deadline_cut_off_replaces_the_held_connection(postgres_url: str
         assert held(cache) == []
         assert before.invalidated
         proxy.release_replies()
+        # A new connection through the proxy can itself pass 0.5 s under load: retry.
+        for _ in range(20):
+            if await cache.alookup("A", LLM) == value("answer A"):
+                break
         assert await cache.alookup("A", LLM) == value("answer A")
         assert held(cache)[0] is not before
 

@@ -91,6 +91,9 @@ def reader(cluster: Cluster, table: str, **options: object) -> SQLAlchemyCache:
     options.setdefault("replicas", [node.url() for node in cluster.standbys])
     options.setdefault("on_error", "raise")
     options.setdefault("local_max_bytes", 0)  # every lookup is routed, none is from memory
+    # Three servers on two cores, one of them maybe being stopped: the default 2 s could
+    # pass on a loaded machine, and these tests count every call that fails.
+    options.setdefault("timeout", 10.0)
     return SQLAlchemyCache(
         cluster.primary.url(),
         table_name=table,
