@@ -51,9 +51,12 @@ class Clock:
         return self.now
 
 
-@pytest.fixture
-def clock(cache: SQLAlchemyCache) -> Clock:
-    """The tier's staleness clock of ``cache``, under the test's control."""
+def hold_clock(cache: SQLAlchemyCache) -> Clock:
+    """Put the tier's staleness clock of ``cache`` under the test's control.
+
+    Tests that expect hits from memory hold it, so that a loaded machine taking a
+    second between a write and its lookup cannot turn them into reads of the table.
+    """
     tier = cache._tier
     assert tier is not None
     clock = Clock(time.monotonic())
@@ -61,8 +64,14 @@ def clock(cache: SQLAlchemyCache) -> Clock:
     return clock
 
 
+@pytest.fixture
+def clock(cache: SQLAlchemyCache) -> Clock:
+    """The tier's staleness clock of ``cache``, under the test's control."""
+    return hold_clock(cache)
+
+
 def test_a_written_entry_is_served_from_memory_without_a_statement(
-    cache: SQLAlchemyCache,
+    cache: SQLAlchemyCache, clock: Clock
 ) -> None:
     cache.update("p", LLM, value("a"))
     sent = Statements(cache)
@@ -74,6 +83,7 @@ def test_a_written_entry_is_served_from_memory_without_a_statement(
 
 
 async def test_sync_and_async_share_the_tier(acache: SQLAlchemyCache) -> None:
+    hold_clock(acache)
     await acache.aupdate("p", LLM, value("async"))
     acache.update("q", LLM, value("sync"))
     sent = Statements(acache)
@@ -86,6 +96,7 @@ async def test_sync_and_async_share_the_tier(acache: SQLAlchemyCache) -> None:
 def test_an_entry_read_from_the_table_is_kept(make_cache: CacheFactory) -> None:
     writer = make_cache(local_max_bytes=0)
     reader = make_cache(table_name=table_of(writer).name)
+    hold_clock(reader)
     writer.update("p", LLM, value("a"))
     sent = Statements(reader)
     assert reader.lookup("p", LLM) == value("a")
@@ -94,7 +105,9 @@ def test_an_entry_read_from_the_table_is_kept(make_cache: CacheFactory) -> None:
     assert reader.stats().memory_hits == 1
 
 
-def test_a_hit_changed_by_its_caller_does_not_change_the_next(cache: SQLAlchemyCache) -> None:
+def test_a_hit_changed_by_its_caller_does_not_change_the_next(
+    cache: SQLAlchemyCache, clock: Clock
+) -> None:
     answer = [ChatGeneration(message=AIMessage("original", tool_calls=[]))]
     cache.update("p", LLM, answer)
     tier = cache._tier
@@ -330,7 +343,7 @@ def test_the_byte_bound_holds(max_bytes: int, ops: list[tuple[str, str, int]]) -
 
 
 def test_a_read_cannot_bring_back_what_a_clear_removed() -> None:
-    tier = LocalTier(10_000, max_staleness=1.0, ttl=None)
+    tier = LocalTier(10_000, max_staleness=1.0, ttl=None, clock=lambda: 0.0)
     since = tier.mark()  # a read starts, and sees the row
     tier.forget()  # this object clears the table meanwhile
     tier.put("k", b"old", 0.0, since=since)
@@ -345,7 +358,7 @@ def test_a_read_cannot_bring_back_what_a_clear_removed() -> None:
 
 
 def test_a_snapshot_never_replaces_a_newer_entry() -> None:
-    tier = LocalTier(10_000, max_staleness=1.0, ttl=None)
+    tier = LocalTier(10_000, max_staleness=1.0, ttl=None, clock=lambda: 0.0)
     tier.put("k", b"old", 0.0, since=tier.mark(), read=False)
     decoded = tier.get("k")  # a hit starts decoding the old payload
     assert decoded is not None
