@@ -225,7 +225,11 @@ async def test_module_scoped_cache_on_function_scoped_loops(
     assert await module_cache.alookup(loop_name, LLM) == value(loop_name)
 
 
-async def test_sync_threads_beside_async_tasks(acache: SQLAlchemyCache) -> None:
+async def test_sync_threads_beside_async_tasks(make_cache: CacheFactory) -> None:
+    # 32 threads share a sync pool of 15: a deadline that covers waiting for a
+    # connection on a loaded machine, since a skipped update fails the thread's lookup.
+    acache = make_cache(timeout=30.0)
+
     def sync_worker(t: int) -> None:
         for i in range(10):
             acache.update(f"s{t}-{i}", LLM, value(f"s{t}-{i}"))
@@ -238,6 +242,7 @@ async def test_sync_threads_beside_async_tasks(acache: SQLAlchemyCache) -> None:
     join = start_threads(sync_worker, 32)
     await asyncio.gather(*(async_worker(i) for i in range(500)))
     assert await asyncio.to_thread(join) == []
+    await acache.aclose()
 
 
 # Concurrent writers.
