@@ -99,6 +99,16 @@ def age(cache: SQLAlchemyCache, prompt: str, seconds: float, llm_string: str = "
         )
 
 
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 async def eventually(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
     """Wait until the system's own state satisfies ``condition``, looked at between turns
     of the event loop; fail if it never does (the timeout only guards against hanging)."""

@@ -39,7 +39,7 @@ class SlowEchoModel(BaseChatModel):
     delay: float = 0.05
     calls: dict[str, int] = Field(default_factory=dict)
     failing: set[str] = Field(default_factory=set)  # prompts it raises on
-    gate: asyncio.Event | None = None  # async calls answer once it is set, not after delay
+    gate: asyncio.Event | None = None  # async calls answer only once it is set
 
     @property
     def _llm_type(self) -> str:
@@ -75,10 +75,9 @@ class SlowEchoModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         self._count(messages)
-        if self.gate is None:
-            await asyncio.sleep(self.delay)
-        else:
+        if self.gate is not None:
             await self.gate.wait()
+        await asyncio.sleep(self.delay)
         return self._answer(messages)
 
 
@@ -192,7 +191,7 @@ async def test_a_client_that_goes_away_cancels_nothing_shared(
     # The model answers when the test says: a loaded machine cannot let a call end
     # before the client that is to leave has left.
     gate = asyncio.Event()
-    app = create_app(backend_url, SlowEchoModel(gate=gate), table_name=table)
+    app = create_app(backend_url, SlowEchoModel(gate=gate, delay=0), table_name=table)
     async with serving(app) as client:
         model: SlowEchoModel = app.state.model
         # Told when a request has come to the shared calls (the app's SingleFlight).

@@ -18,7 +18,7 @@ from langchain_sqlalchemy_cache import ConfigurationError, SQLAlchemyCache
 from langchain_sqlalchemy_cache._local_tier import ENTRY_OVERHEAD, LocalTier
 
 from .conftest import CacheFactory
-from .helpers import age, table_of, value
+from .helpers import Clock, age, table_of, value
 
 LLM = "fake-llm"
 CLI = (sys.executable, "-m", "langchain_sqlalchemy_cache")
@@ -41,16 +41,6 @@ class Statements:
         return sum("payload" in s and "updated_at" in s for s in self.sent)
 
 
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def hold_clock(cache: SQLAlchemyCache) -> Clock:
     """Put the tier's staleness clock of ``cache`` under the test's control.
 
@@ -70,8 +60,9 @@ def clock(cache: SQLAlchemyCache) -> Clock:
     return hold_clock(cache)
 
 
+@pytest.mark.usefixtures("clock")
 def test_a_written_entry_is_served_from_memory_without_a_statement(
-    cache: SQLAlchemyCache, clock: Clock
+    cache: SQLAlchemyCache,
 ) -> None:
     cache.update("p", LLM, value("a"))
     sent = Statements(cache)
@@ -105,9 +96,8 @@ def test_an_entry_read_from_the_table_is_kept(make_cache: CacheFactory) -> None:
     assert reader.stats().memory_hits == 1
 
 
-def test_a_hit_changed_by_its_caller_does_not_change_the_next(
-    cache: SQLAlchemyCache, clock: Clock
-) -> None:
+@pytest.mark.usefixtures("clock")
+def test_a_hit_changed_by_its_caller_does_not_change_the_next(cache: SQLAlchemyCache) -> None:
     answer = [ChatGeneration(message=AIMessage("original", tool_calls=[]))]
     cache.update("p", LLM, answer)
     tier = cache._tier

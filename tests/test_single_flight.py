@@ -18,7 +18,7 @@ from langchain_sqlalchemy_cache._single_flight import Flights
 
 from .conftest import CacheFactory
 from .freezeproxy import closed_port
-from .helpers import eventually, value
+from .helpers import Clock, eventually, value
 
 LLM = "fake-llm"
 PROMPTS = [f"question {i}" for i in range(20)]
@@ -220,8 +220,8 @@ async def test_a_filler_that_runs_out_of_time_releases_one_waiter(
     # Time is the test's to move: on a loaded machine the released filler's own 0.2 s
     # could run out before it stores, releasing a second waiter. Waiters still look
     # at the clock every 0.2 s of real time.
-    now = [0.0]
-    flights(cache)._clock = lambda: now[0]
+    clock = Clock(0.0)
+    flights(cache)._clock = clock
     assert await cache.alookup("p", LLM) is None  # this task fills, and never stores
     missed: list[int] = []
     store = asyncio.Event()
@@ -238,7 +238,7 @@ async def test_a_filler_that_runs_out_of_time_releases_one_waiter(
     callers = [asyncio.create_task(caller(n)) for n in range(3)]
     await eventually(lambda: flights(cache).waiting() == 3, "three callers waiting")
     assert not missed  # nobody is released while the filler has time
-    now[0] += 0.2  # the filler's time runs out
+    clock.now += 0.2  # the filler's time runs out
     await eventually(lambda: bool(missed), "a waiter released to fill")
     assert len(missed) == 1
     assert flights(cache).waiting() == 2  # the others keep waiting
